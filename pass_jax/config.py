@@ -1,0 +1,118 @@
+"""Model configuration: the shapes and numerics of a LLaMA-family decoder."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax.numpy as jnp
+
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+_ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """Rotary-embedding frequency scaling, in the HF `rope_scaling` convention.
+
+    `linear` divides every frequency by `factor`; `llama3` is Llama-3.1's piecewise scaling.
+    """
+
+    rope_type: str = "llama3"
+    factor: float = 8.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self) -> None:
+        if self.rope_type not in _ROPE_TYPES[1:]:
+            raise ValueError(
+                f"unsupported rope_scaling type {self.rope_type!r}; supported: {_ROPE_TYPES[1:]}"
+            )
+        if self.factor <= 0:
+            raise ValueError(f"rope_scaling factor must be positive, got {self.factor}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Shapes and numerics of a LLaMA-family decoder with a PaSS lookahead table.
+
+    `max_lookahead` is L_max, the number of rows of the lookahead table (0: no table).
+    `dtype` is the compute dtype, `param_dtype` the storage dtype of the weights.
+    """
+
+    vocab_size: int = 32000
+    d_model: int = 4096
+    n_layers: int = 32
+    n_heads: int = 32
+    n_kv_heads: int = 32
+    head_dim: int = 128
+    d_ff: int = 11008
+    max_seq_len: int = 4096
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    norm_eps: float = 1e-5
+    tie_embeddings: bool = False
+    dtype: str = "float32"
+    param_dtype: str = "float32"
+    scan_layers: bool = False
+    remat: bool = False
+    max_lookahead: int = 8
+    unk_id: int = 0
+
+    def __post_init__(self) -> None:
+        positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim")
+        for name in positive + ("d_ff", "max_seq_len"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
+        if self.head_dim % 2:
+            raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
+        for name in ("dtype", "param_dtype"):
+            if getattr(self, name) not in _DTYPES:
+                raise ValueError(
+                    f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {list(_DTYPES)}"
+                )
+        if self.max_lookahead < 0:
+            raise ValueError(f"max_lookahead must be >= 0, got {self.max_lookahead}")
+        if not 0 <= self.unk_id < self.vocab_size:
+            raise ValueError(f"unk_id {self.unk_id} outside the vocabulary [0, {self.vocab_size})")
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(_DTYPES[self.dtype])
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(_DTYPES[self.param_dtype])
+
+    @property
+    def num_params(self) -> int:
+        """Parameter count, lookahead table included."""
+        attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
+        mlp = 3 * self.d_model * self.d_ff
+        block = attn + mlp + 2 * self.d_model
+        head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
+        embed = self.vocab_size * self.d_model
+        return embed + head + self.n_layers * block + self.d_model * (1 + self.max_lookahead)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:
+        """Builds a config from a mapping; an unknown key is an error that names it."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown ModelConfig key(s) {unknown}; known keys: {sorted(known)}")
+        values = dict(values)
+        scaling = values.get("rope_scaling")
+        if isinstance(scaling, Mapping):
+            values["rope_scaling"] = RopeScaling(**scaling)
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        return dataclasses.replace(self, **changes)

@@ -1,0 +1,318 @@
+"""A LLaMA-family decoder in Flax NNX with a PaSS lookahead table.
+
+Each input position holds either a token id or a lookahead slot (`lookahead_slots[b, t] >= 0`),
+so PaSS can feed `[t, LA_1 .. LA_L]` in one call. Rotary embeddings follow the HF convention
+(rotate-half), so HF LLaMA weights load without permutation.
+
+Every parameter carries `logical_axes` metadata, the names that `pass_jax.sharding` maps onto a
+device mesh.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from pass_jax.config import ModelConfig, RopeScaling
+from pass_jax.kv_cache import KVCache
+
+_MASKED = -1e30
+
+
+class LookaheadParam(nnx.Param):
+    """The PaSS lookahead table `[L_max, d_model]`: the only weights the paper's recipe trains."""
+
+
+def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: jnp.dtype) -> jax.Array:
+    return (std * jax.random.normal(rngs.params(), shape, jnp.float32)).astype(dtype)
+
+
+def _stacked(stack: int | None, shape: tuple[int, ...], axes: tuple[str | None, ...]):
+    """Prepends the layer axis when the layers are stacked for `lax.scan`."""
+    if stack is None:
+        return shape, axes
+    return (stack, *shape), ("layers", *axes)
+
+
+def _weight(
+    rngs: nnx.Rngs,
+    shape: tuple[int, ...],
+    axes: tuple[str | None, ...],
+    config: ModelConfig,
+    stack: int | None,
+    std: float = 0.02,
+) -> nnx.Param:
+    shape, axes = _stacked(stack, shape, axes)
+    return nnx.Param(_normal(rngs, shape, std, config.weight_dtype), logical_axes=axes)
+
+
+def _ones(shape: tuple[int, ...], axes, config: ModelConfig, stack: int | None) -> nnx.Param:
+    shape, axes = _stacked(stack, shape, axes)
+    return nnx.Param(jnp.ones(shape, config.weight_dtype), logical_axes=axes)
+
+
+def rope_frequencies(config: ModelConfig) -> np.ndarray:
+    """Inverse rotary frequencies [D/2], float32, with the config's scaling applied (HF rules)."""
+    exponent = np.arange(0, config.head_dim, 2, dtype=np.float32) / np.float32(config.head_dim)
+    inv_freq = (1.0 / (np.float32(config.rope_theta) ** exponent)).astype(np.float32)
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return (inv_freq / np.float32(scaling.factor)).astype(np.float32)
+    return _llama3_frequencies(inv_freq, scaling)
+
+
+def _llama3_frequencies(inv_freq: np.ndarray, scaling: RopeScaling) -> np.ndarray:
+    context = scaling.original_max_position_embeddings
+    low_freq_wavelen = context / scaling.low_freq_factor
+    high_freq_wavelen = context / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = np.where(wavelen > low_freq_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (context / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor
+    )
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_freq_wavelen) & (wavelen <= low_freq_wavelen)
+    return np.where(medium, smoothed, scaled).astype(np.float32)
+
+
+def rotary_embedding(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, D] for positions [B, T], in the HF rotate-half layout."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, D/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)  # [B, T, D]
+    return jnp.cos(angles), jnp.sin(angles)
+
+
+def apply_rotary(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotates x [B, T, H, D] by the angles in cos/sin [B, T, D]."""
+    half = x.shape[-1] // 2
+    xf = x.astype(jnp.float32)
+    rotated = jnp.concatenate([-xf[..., half:], xf[..., :half]], axis=-1)
+    out = xf * cos[:, :, None, :] + rotated * sin[:, :, None, :]
+    return out.astype(x.dtype)
+
+
+def causal_mask(batch_size: int, block_len: int) -> jax.Array:
+    """Lower-triangular visibility [B, T, T]: query t sees keys 0..t of its block."""
+    mask = jnp.tril(jnp.ones((block_len, block_len), jnp.bool_))
+    return jnp.broadcast_to(mask, (batch_size, block_len, block_len))
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, config: ModelConfig, stack: int | None = None):
+        self.scale = _ones((config.d_model,), ("embed",), config, stack)
+        self.eps = config.norm_eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        xf = x.astype(jnp.float32)
+        xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
+        return (self.scale.value.astype(jnp.float32) * xf).astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
+    """Grouped-query attention.
+
+    q [B, T, H, D]; k, v [B, S, K, D] with K dividing H; mask [B, T, S] bool. Returns [B, T, H, D].
+    """
+    batch, block_len, n_heads, head_dim = q.shape
+    n_kv = k.shape[2]
+    q = q.reshape(batch, block_len, n_kv, n_heads // n_kv, head_dim)  # [B, T, K, G, D]
+    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = scores * (head_dim**-0.5)  # [B, K, G, T, S]
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
+    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, D]
+    return out.reshape(batch, block_len, n_heads, head_dim)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
+        d, h, k, hd = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
+        self.wq = _weight(rngs, (d, h, hd), ("embed", "q_heads", "head_dim"), config, stack)
+        self.wk = _weight(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), config, stack)
+        self.wv = _weight(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), config, stack)
+        self.wo = _weight(rngs, (h, hd, d), ("q_heads", "head_dim", "embed"), config, stack)
+        self.dtype = config.compute_dtype
+
+    def __call__(
+        self,
+        x: jax.Array,  # [B, T, d]
+        cos: jax.Array,  # [B, T, D]
+        sin: jax.Array,  # [B, T, D]
+        mask: jax.Array,  # [B, T, S]
+        kv: tuple[jax.Array, jax.Array, int | jax.Array, jax.Array] | None,
+    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
+        """Self-attention; with `kv = (k_all, v_all, layer, slots)` the block's keys and values
+        are written into layer `layer` of the cache arrays at `slots` [B, T] first."""
+        q = jnp.einsum("btd,dhk->bthk", x, self.wq.value.astype(self.dtype))
+        k = jnp.einsum("btd,dhk->bthk", x, self.wk.value.astype(self.dtype))
+        v = jnp.einsum("btd,dhk->bthk", x, self.wv.value.astype(self.dtype))
+        q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
+        new_kv = None
+        if kv is not None:
+            k_all, v_all, layer, slots = kv
+            rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
+            k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype))
+            v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype))
+            k, v, new_kv = k_all[layer], v_all[layer], (k_all, v_all)
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
+        return jnp.einsum("bthk,hkd->btd", out, self.wo.value.astype(self.dtype)), new_kv
+
+
+class MLP(nnx.Module):
+    """SwiGLU feed-forward."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
+        d, f = config.d_model, config.d_ff
+        self.w_gate = _weight(rngs, (d, f), ("embed", "mlp"), config, stack)
+        self.w_up = _weight(rngs, (d, f), ("embed", "mlp"), config, stack)
+        self.w_down = _weight(rngs, (f, d), ("mlp", "embed"), config, stack)
+        self.dtype = config.compute_dtype
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = x @ self.w_gate.value.astype(self.dtype)
+        up = x @ self.w_up.value.astype(self.dtype)
+        return (jax.nn.silu(gate) * up) @ self.w_down.value.astype(self.dtype)
+
+
+class Block(nnx.Module):
+    """One pre-norm decoder layer."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
+        self.attn_norm = RMSNorm(config, stack)
+        self.attn = Attention(config, rngs, stack)
+        self.mlp_norm = RMSNorm(config, stack)
+        self.mlp = MLP(config, rngs, stack)
+
+    def __call__(self, x, cos, sin, mask, kv):
+        attn_out, new_kv = self.attn(self.attn_norm(x), cos, sin, mask, kv)
+        x = x + attn_out
+        return x + self.mlp(self.mlp_norm(x)), new_kv
+
+
+class Transformer(nnx.Module):
+    """Token embedding, decoder layers, final norm, output head, and the lookahead table."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        d = config.d_model
+        self.embed = _weight(rngs, (config.vocab_size, d), ("vocab", "embed"), config, None)
+        if config.scan_layers:
+            self.layers = Block(config, rngs, stack=config.n_layers)
+        else:
+            self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
+        self.final_norm = RMSNorm(config)
+        if not config.tie_embeddings:
+            self.lm_head = _weight(rngs, (d, config.vocab_size), ("embed", "vocab"), config, None)
+        if config.max_lookahead:
+            table = jnp.broadcast_to(self.embed.value[config.unk_id], (config.max_lookahead, d))
+            self.lookahead = LookaheadParam(table, logical_axes=(None, "embed"))
+        self.inv_freq = rope_frequencies(config)
+
+    @property
+    def has_lookahead(self) -> bool:
+        return self.config.max_lookahead > 0
+
+    def embed_inputs(self, tokens: jax.Array, lookahead_slots: jax.Array | None) -> jax.Array:
+        """Token embeddings [B, T, d], with lookahead embeddings where `lookahead_slots >= 0`."""
+        x = jnp.take(self.embed.value, tokens, axis=0)
+        if lookahead_slots is not None:
+            if not self.has_lookahead:
+                raise ValueError("lookahead slots given but the model has no lookahead table")
+            table = self.lookahead.value
+            la = jnp.take(table, jnp.clip(lookahead_slots, 0, table.shape[0] - 1), axis=0)
+            x = jnp.where(lookahead_slots[..., None] >= 0, la.astype(x.dtype), x)
+        return x.astype(self.config.compute_dtype)
+
+    def hidden_states(
+        self,
+        tokens: jax.Array,  # [B, T] int32
+        *,
+        lookahead_slots: jax.Array | None = None,  # [B, T] int32, -1 where a token
+        positions: jax.Array | None = None,  # [B, T] int32
+        block_mask: jax.Array | None = None,  # [B, T, T] bool, causal by default
+        cache: KVCache | None = None,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states [B, T, d] and, with a cache, the cache with the block written."""
+        batch, block_len = tokens.shape
+        if block_mask is None:
+            block_mask = causal_mask(batch, block_len)
+        if cache is None:
+            mask = block_mask
+            if positions is None:
+                positions = jnp.broadcast_to(jnp.arange(block_len, dtype=jnp.int32), tokens.shape)
+        else:
+            mask = cache.attention_mask(block_mask)
+            slots = cache.write_slots(block_len)
+            if positions is None:
+                positions = slots
+        cos, sin = rotary_embedding(positions, self.inv_freq)
+        x = self.embed_inputs(tokens, lookahead_slots)
+        kv = None if cache is None else (cache.k, cache.v, slots)
+        x, kv = self._run_layers(x, cos, sin, mask, kv)
+        if cache is not None:
+            cache = cache.replace(k=kv[0], v=kv[1])
+        return self.final_norm(x), cache
+
+    def _run_layers(self, x, cos, sin, mask, kv):
+        def layer_kv(layer):
+            return None if kv is None else (kv[0], kv[1], layer, kv[2])
+
+        def apply(block, x, kv_in):
+            return block(x, cos, sin, mask, kv_in)
+
+        if self.config.remat:
+            apply = nnx.remat(apply)
+        if not self.config.scan_layers:
+            for i, block in enumerate(self.layers):
+                x, new_kv = apply(block, x, layer_kv(i))
+                if kv is not None:
+                    kv = (*new_kv, kv[2])
+            return x, kv
+        graphdef, stacked = nnx.split(self.layers)
+
+        def body(carry, layer_state):
+            x, kv_arrays, layer = carry
+            block = nnx.merge(graphdef, layer_state)
+            kv_in = None if kv is None else (*kv_arrays, layer, kv[2])
+            x, new_kv = apply(block, x, kv_in)
+            return (x, kv_arrays if kv is None else new_kv, layer + 1), None
+
+        kv_arrays = None if kv is None else kv[:2]
+        (x, kv_arrays, _), _ = jax.lax.scan(body, (x, kv_arrays, jnp.int32(0)), stacked)
+        return x, (None if kv is None else (*kv_arrays, kv[2]))
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Output logits [..., vocab] in float32 from final hidden states [..., d]."""
+        dtype = self.config.compute_dtype
+        if self.config.tie_embeddings:
+            head = self.embed.value.astype(dtype).T
+        else:
+            head = self.lm_head.value.astype(dtype)
+        return jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
+
+    def __call__(
+        self,
+        tokens: jax.Array,
+        *,
+        lookahead_slots: jax.Array | None = None,
+        positions: jax.Array | None = None,
+        block_mask: jax.Array | None = None,
+        cache: KVCache | None = None,
+    ) -> jax.Array | tuple[jax.Array, KVCache]:
+        """Logits [B, T, vocab]; with a cache, `(logits, cache)` with the block written (not
+        committed: the caller advances `cache.lengths`)."""
+        hidden, new_cache = self.hidden_states(
+            tokens,
+            lookahead_slots=lookahead_slots,
+            positions=positions,
+            block_mask=block_mask,
+            cache=cache,
+        )
+        logits = self.logits(hidden)
+        return logits if cache is None else (logits, new_cache)
