@@ -63,7 +63,7 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim")
-        for name in positive + ("d_ff", "max_seq_len"):
+        for name in (*positive, "d_ff", "max_seq_len"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"ModelConfig.{name} must be positive, got {getattr(self, name)}")
         if self.n_heads % self.n_kv_heads:

@@ -64,6 +64,6 @@ class KVCache:
         committed = offset < 0  # [B, S]
         in_block = (offset >= 0) & (offset < block_len)  # [B, S]
         index = jnp.clip(offset, 0, block_len - 1)[:, None, :]  # [B, 1, S]
-        index = jnp.broadcast_to(index, block_mask.shape[:2] + (self.capacity,))
+        index = jnp.broadcast_to(index, (*block_mask.shape[:2], self.capacity))
         block_visible = jnp.take_along_axis(block_mask, index, axis=2)  # [B, T, S]
         return committed[:, None, :] | (in_block[:, None, :] & block_visible)

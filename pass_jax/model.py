@@ -238,7 +238,7 @@ class Transformer(nnx.Module):
         block_mask: jax.Array | None = None,  # [B, T, T] bool, causal by default
         cache: KVCache | None = None,
     ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, d] and, with a cache, the cache with the block written."""
+        """Final-norm hidden states [B, T, d], and the cache with the block written (if any)."""
         batch, block_len = tokens.shape
         if block_mask is None:
             block_mask = causal_mask(batch, block_len)
