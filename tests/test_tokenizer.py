@@ -1,0 +1,149 @@
+"""Tests for pass_jax.tokenizer: code round-trips, specials, loading, atomic writes."""
+
+from __future__ import annotations
+
+import sysconfig
+from pathlib import Path
+
+import pytest
+import sentencepiece as spm
+
+from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, _chunks, train_tokenizer
+
+STDLIB = Path(sysconfig.get_paths()["stdlib"])
+TRAIN_FILES = ["os.py", "argparse.py", "functools.py", "textwrap.py", "inspect.py"]
+HELDOUT_FILES = ["shlex.py", "fnmatch.py", "tabnanny.py"]
+
+CODE_SAMPLES = [
+    "",
+    "\n",
+    " ",
+    "\t",
+    "def f(x):\n    return x\n",
+    "class A:\n\tdef m(self):\n\t\tpass\n\n\n\n\tx = 1  \n",  # tabs, blank lines, trailing ws
+    "    \n\t  \t\n  \n",  # whitespace-only lines
+    "if x:\r\n    y = 'crlf'\r\n",
+    "  leading spaces and trailing spaces   ",
+    "s = 'héllo wörld — ünïcode 日本語 😀 \u200b\ufeff'\n",
+    "a\u2581b \u2581\u2581 c\u2581",  # SentencePiece's own space marker, used literally
+    "x\x00y\x7f\n",
+    "        " * 10 + "deeply_indented()\n",
+]
+
+
+def _read(name: str) -> str:
+    return (STDLIB / name).read_text(encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Tokenizer:
+    out = tmp_path_factory.mktemp("tok") / "code.model"
+    return train_tokenizer(
+        (_read(n) for n in TRAIN_FILES), vocab_size=1000, output_path=out, max_train_bytes=400_000
+    )
+
+
+@pytest.mark.parametrize("text", CODE_SAMPLES)
+def test_round_trip_code_snippets(trained: Tokenizer, text: str) -> None:
+    ids = trained.encode(text)
+    assert all(isinstance(i, int) and 0 <= i < trained.vocab_size for i in ids)
+    assert trained.decode(ids) == text
+
+
+def test_round_trip_heldout_source_files(trained: Tokenizer) -> None:
+    for name in HELDOUT_FILES:
+        text = _read(name)
+        ids = trained.encode(text)
+        assert trained.decode(ids) == text, name
+        assert len(ids) < len(text.encode("utf-8")) / 2  # real compression, not bytes
+
+
+def test_specials_and_vocab(trained: Tokenizer) -> None:
+    assert trained.vocab_size == 1000
+    assert (trained.unk_id, trained.bos_id, trained.eos_id, trained.pad_id) == (0, 1, 2, 3)
+    ids = trained.encode("import os\n")
+    assert ids and trained.bos_id not in ids and trained.eos_id not in ids
+    # Specials decode to nothing.
+    assert trained.decode([trained.bos_id, *ids, trained.eos_id, trained.pad_id]) == "import os\n"
+
+
+def test_whitespace_and_newlines_are_vocabulary(trained: Tokenizer) -> None:
+    pieces = [trained.id_to_piece(i) for i in range(trained.vocab_size)]
+    assert any("\n" in p for p in pieces)
+    assert "\u2581" * 4 in pieces  # 4-space indentation is one piece
+    # A newline and an 8-space indent encode to single (non-byte) pieces.
+    for text in ("\n", " " * 8):
+        ids = trained.encode(text)
+        assert len(ids) == 1, (text, [trained.id_to_piece(i) for i in ids])
+        assert not trained.id_to_piece(ids[0]).startswith("<0x")
+
+
+def test_encode_batch_matches_encode(trained: Tokenizer) -> None:
+    texts = [*CODE_SAMPLES, _read("shlex.py")]
+    assert trained.encode_batch(texts) == [trained.encode(t) for t in texts]
+
+
+def test_load_file_and_directory(trained: Tokenizer, tmp_path: Path) -> None:
+    assert trained.path is not None and trained.path.name == "code.model"
+    loaded = Tokenizer.load(trained.path)
+    assert loaded.fingerprint == trained.fingerprint
+    text = _read("fnmatch.py")
+    assert loaded.encode(text) == trained.encode(text)
+    # A directory containing tokenizer.model loads too.
+    (tmp_path / MODEL_FILENAME).write_bytes(trained.path.read_bytes())
+    assert Tokenizer.load(tmp_path).encode(text) == trained.encode(text)
+
+
+def test_training_writes_atomically_into_directory(tmp_path: Path) -> None:
+    out_dir = tmp_path / "tokdir"
+    out_dir.mkdir()
+    tok = train_tokenizer([_read("shlex.py")], vocab_size=600, output_path=out_dir)
+    assert tok.path == out_dir / MODEL_FILENAME
+    assert sorted(p.name for p in out_dir.iterdir()) == [MODEL_FILENAME]  # no temp files left
+    assert Tokenizer.load(out_dir).fingerprint == tok.fingerprint
+
+
+def test_missing_and_invalid_model(tmp_path: Path) -> None:
+    missing = tmp_path / "nope" / "tokenizer.model"
+    with pytest.raises(FileNotFoundError, match="nope"):
+        Tokenizer.load(missing)
+    with pytest.raises(FileNotFoundError, match="empty_dir"):
+        Tokenizer.load((tmp_path / "empty_dir").mkdir() or tmp_path / "empty_dir")
+    bad = tmp_path / "bad.model"
+    bad.write_bytes(b"definitely not a protobuf")
+    with pytest.raises(ValueError, match=r"bad\.model"):
+        Tokenizer.load(bad)
+
+
+def test_train_rejects_too_small_vocab(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="vocab_size"):
+        train_tokenizer(["x = 1\n"], vocab_size=100, output_path=tmp_path / "t.model")
+    assert not (tmp_path / "t.model").exists()
+
+
+def test_loads_foreign_llama_style_model(tmp_path: Path) -> None:
+    """A default SentencePiece model (unigram, dummy prefix, no pad) behaves like the raw one."""
+    text = _read("textwrap.py")
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()),
+        model_prefix=str(tmp_path / "foreign"),
+        vocab_size=500,
+        byte_fallback=True,
+        minloglevel=2,
+    )
+    path = tmp_path / "foreign.model"
+    tok = Tokenizer.load(path)
+    raw = spm.SentencePieceProcessor(model_file=str(path))
+    assert tok.pad_id == -1 and tok.eos_id == raw.eos_id() and tok.vocab_size == 500
+    for sample in ["Hello world", "a\u2581b", "wrap the text"]:
+        assert tok.encode(sample) == raw.encode(sample)
+        assert tok.decode(tok.encode(sample)) == raw.decode(raw.encode(sample))
+
+
+def test_training_chunks_keep_text_and_respect_limits() -> None:
+    docs = ["a\nbb\n" * 50, "x" * 25 + "\n\n", "tail without newline"]
+    chunks = list(_chunks(docs, max_chunk_chars=12, max_bytes=None))
+    assert "".join(chunks) == "".join(docs)
+    assert all(0 < len(c) <= 12 for c in chunks)
+    capped = list(_chunks(docs, max_chunk_chars=12, max_bytes=30))
+    assert 30 <= sum(len(c) for c in capped) < 40
