@@ -1,0 +1,140 @@
+"""Autoregressive `generate`: exactness, batching, sampling, EOS, compilation, and bad input."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from conftest import forward, greedy_reference, tiny_model
+
+from pass_jax import decode
+from pass_jax.decode import generate
+
+
+def test_greedy_generate_equals_full_forward_reference_with_mixed_prompt_lengths():
+    model = tiny_model(0)
+    prompts = [[1, 2, 3], [4, 5, 6, 7, 8, 9, 10, 11, 12], [13]]
+    result = generate(model, prompts, max_new_tokens=12)
+    for prompt, tokens in zip(prompts, result.tokens, strict=True):
+        assert tokens == greedy_reference(model, prompt, 12)
+    assert result.stats["forward_passes"] == 12
+    assert result.stats["new_tokens"] == 36
+    assert result.stats["tau"] == 1.0
+
+
+@pytest.mark.parametrize("temperature", [0.0, 1.0])
+def test_a_rows_output_does_not_depend_on_the_rest_of_the_batch(temperature):
+    model = tiny_model(1)
+    alone = generate(model, [[7, 8, 9]], max_new_tokens=10, temperature=temperature, seed=5)
+    batch = generate(
+        model,
+        [[7, 8, 9], [1] * 20, [2, 3]],
+        max_new_tokens=10,
+        temperature=temperature,
+        seed=5,
+    )
+    assert batch.tokens[0] == alone.tokens[0]
+
+
+def _allowed_tokens(model, prompt, tokens, keep):
+    """For each generated token, whether it is among the tokens `keep(probs)` allows."""
+    seq = jnp.asarray([prompt + tokens], jnp.int32)
+    probs = np.asarray(jax.nn.softmax(forward(model, seq)[0], axis=-1))
+    return [keep(probs[len(prompt) - 1 + i])[tok] for i, tok in enumerate(tokens)]
+
+
+def test_top_k_samples_only_the_k_most_likely_tokens():
+    model = tiny_model(2)
+    prompts = [[3, 1, 4], [1, 5, 9, 2]]
+    result = generate(model, prompts, max_new_tokens=24, temperature=2.0, top_k=3, seed=1)
+
+    def top3(probs):
+        return probs >= np.sort(probs)[-3]
+
+    for prompt, tokens in zip(prompts, result.tokens, strict=True):
+        assert all(_allowed_tokens(model, prompt, tokens, top3))
+    # and not always the argmax: sampling happened
+    assert not all(_allowed_tokens(model, prompts[0], result.tokens[0], lambda p: p == p.max()))
+
+
+def test_top_p_samples_only_from_the_nucleus():
+    model = tiny_model(3)
+    prompts = [[2, 7, 1, 8]]
+    top_p = 0.5
+    result = generate(model, prompts, max_new_tokens=24, temperature=3.0, top_p=top_p, seed=2)
+
+    def nucleus(probs):
+        p = np.exp(np.log(probs) / 3.0)  # temperature 3 on the logits
+        p = p / p.sum()
+        order = np.argsort(-p)
+        before = np.cumsum(p[order]) - p[order]
+        allowed = np.zeros_like(p, bool)
+        allowed[order[before < top_p]] = True
+        return allowed
+
+    assert all(_allowed_tokens(model, prompts[0], result.tokens[0], nucleus))
+    assert len(set(result.tokens[0])) > 1
+
+
+def test_same_seed_same_output_and_rows_get_independent_randomness():
+    model = tiny_model(4)
+    prompts = [[5, 6, 7]] * 4
+    a = generate(model, prompts, max_new_tokens=16, temperature=1.0, seed=11)
+    b = generate(model, prompts, max_new_tokens=16, temperature=1.0, seed=11)
+    c = generate(model, prompts, max_new_tokens=16, temperature=1.0, seed=12)
+    assert a.tokens == b.tokens
+    assert a.tokens != c.tokens
+    assert len({tuple(t) for t in a.tokens}) > 1  # identical prompts, different rows
+
+
+def test_eos_ends_each_row_and_max_new_tokens_is_exact():
+    model = tiny_model(5)
+    prompts = [[1, 2], [9, 9, 9, 9]]
+    free = generate(model, prompts, max_new_tokens=20)
+    eos = free.tokens[0][6]  # a token row 0 produces at step 7
+    result = generate(model, prompts, max_new_tokens=20, eos_id=eos)
+    cut = free.tokens[0].index(eos) + 1
+    assert result.tokens[0] == free.tokens[0][:cut]
+    for free_row, row in zip(free.tokens, result.tokens, strict=True):
+        expected = free_row[: free_row.index(eos) + 1] if eos in free_row else free_row
+        assert row == expected
+    for n in (1, 5, 17):
+        assert all(len(t) == n for t in generate(model, prompts, max_new_tokens=n).tokens)
+
+
+def test_repeated_calls_in_one_bucket_compile_once():
+    model = tiny_model(6)
+    generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=10)
+    compiled = len(decode._EXECUTABLES)
+    second = generate(model, [[9, 8, 7, 6, 5], [4]], max_new_tokens=12, temperature=0.0, seed=3)
+    assert len(decode._EXECUTABLES) == compiled
+    assert second.stats["compile_s"] == 0.0
+    # temperature and top-p values are traced: changing them does not recompile either
+    generate(model, [[1, 2]], max_new_tokens=10, temperature=0.5, top_p=0.9)
+    compiled = len(decode._EXECUTABLES)
+    generate(model, [[3, 2]], max_new_tokens=9, temperature=0.9, top_p=0.7, seed=4)
+    assert len(decode._EXECUTABLES) == compiled
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (dict(prompts=[]), "prompts is empty"),
+        (dict(prompts=[[1, 2], []]), "prompt 1 is empty"),
+        (dict(prompts=[[1] * 90]), r"longest prompt \(90 tokens\) \+ max_new_tokens \(10\)"),
+        (dict(temperature=-0.5), "temperature must be >= 0"),
+        (dict(top_p=0.0), r"top_p must be in \(0, 1\]"),
+        (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
+        (dict(top_k=-1), "top_k must be >= 0"),
+        (dict(max_new_tokens=0), "max_new_tokens must be >= 1"),
+        (dict(method="beam"), "unknown method 'beam'"),
+        (dict(prompts=[[1, 64]]), "outside the vocabulary"),
+        (dict(eos_id=99), "eos_id 99 outside the vocabulary"),
+    ],
+)
+def test_bad_input_is_a_clear_error_before_compiling(kwargs, message):
+    model = tiny_model(7)
+    compiled = len(decode._EXECUTABLES)
+    call = dict(prompts=[[1, 2, 3]], max_new_tokens=10) | kwargs
+    with pytest.raises(ValueError, match=message):
+        generate(model, call.pop("prompts"), **call)
+    assert len(decode._EXECUTABLES) == compiled
