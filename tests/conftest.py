@@ -31,15 +31,11 @@ def tiny_model(seed: int = 0, **overrides) -> Transformer:
     return Transformer(tiny_config(**overrides), rngs=nnx.Rngs(seed))
 
 
-def peaked_model(seed: int, sharpness: float, **overrides) -> Transformer:
-    """A random model whose predictions lean towards a few tokens, so that even an untrained
-    lookahead table's drafts are often accepted: every embedding (lookahead rows included) is
-    pulled towards one shared vector by `sharpness`."""
+def sharp_model(seed: int, head_scale: float = 10.0, **overrides) -> Transformer:
+    """A random model with its output head scaled up: peaky, varied predictions (at the default
+    0.02 init, logits are near 0 and every distribution is nearly uniform)."""
     model = tiny_model(seed, **overrides)
-    key = jax.random.key(seed + 1000)
-    shared = jax.random.normal(key, (model.config.d_model,))
-    model.embed[...] = model.embed[...] + sharpness * shared
-    model.lookahead[...] = model.lookahead[...] + sharpness * shared
+    model.lm_head[...] = head_scale * model.lm_head[...]
     return model
 
 
@@ -65,3 +61,33 @@ def greedy_reference(model: Transformer, prompt: list[int], steps: int) -> list[
         logits = forward(model, padded)
         seq.append(int(jnp.argmax(logits[0, len(seq) - 1])))
     return seq[len(prompt) :]
+
+
+def chain_model(seed: int, good_drafts: int, attn_scale: float = 0.05, **overrides):
+    """A model whose greedy continuation is nearly a chain `t -> f(t)`, and whose lookahead rows
+    make the first `good_drafts` drafts continue that chain from a token `c` on its cycle.
+
+    With attention turned down, each position's prediction is nearly a function `f` of its own
+    input; lookahead row i (i <= good_drafts) is set to the embedding of `f^(i-1)(c)`, so when
+    the pending token is `c` the first `good_drafts` drafts are `f(c), f^2(c), ...` and later
+    ones are off-chain. Returns (model, c). Attention stays on (scaled), so the cache matters.
+    """
+    model = tiny_model(seed, **overrides)
+    saved = [block.attn.wo[...] for block in model.layers]
+    for block in model.layers:
+        block.attn.wo[...] = jnp.zeros_like(block.attn.wo[...])
+    vocab = model.config.vocab_size
+    successor = jnp.argmax(forward(model, jnp.arange(vocab)[:, None])[:, 0], axis=-1)
+    chain = [0]
+    for _ in range(2 * vocab):
+        chain.append(int(successor[chain[-1]]))
+    c = chain[-1]  # on a cycle of f
+    table = model.lookahead[...]
+    token = c
+    for i in range(good_drafts):
+        table = table.at[i].set(model.embed[...][token])
+        token = int(successor[token])
+    model.lookahead[...] = table
+    for block, wo in zip(model.layers, saved, strict=True):
+        block.attn.wo[...] = attn_scale * wo
+    return model, c
