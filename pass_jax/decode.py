@@ -175,8 +175,8 @@ def _check_inputs(
 def _reset_lookahead_to_unk(params: nnx.State, unk_id: int) -> nnx.State:
     """The "[UNK] lookahead" baseline: every lookahead row set to the UNK embedding."""
     params = jax.tree.map(lambda x: x, params)  # a shallow copy; leaves are immutable
-    table = params["lookahead"].value
-    params["lookahead"].value = jnp.broadcast_to(params["embed"].value[unk_id], table.shape)
+    table = params["lookahead"][...]
+    params["lookahead"][...] = jnp.broadcast_to(params["embed"][...][unk_id], table.shape)
     return params
 
 

@@ -111,7 +111,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         xf = x.astype(jnp.float32)
         xf = xf * jax.lax.rsqrt(jnp.mean(xf * xf, axis=-1, keepdims=True) + self.eps)
-        return (self.scale.value.astype(jnp.float32) * xf).astype(x.dtype)
+        return (self.scale[...].astype(jnp.float32) * xf).astype(x.dtype)
 
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
@@ -149,9 +149,9 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Self-attention; with `kv = (k_all, v_all, layer, slots)` the block's keys and values
         are written into layer `layer` of the cache arrays at `slots` [B, T] first."""
-        q = jnp.einsum("btd,dhk->bthk", x, self.wq.value.astype(self.dtype))
-        k = jnp.einsum("btd,dhk->bthk", x, self.wk.value.astype(self.dtype))
-        v = jnp.einsum("btd,dhk->bthk", x, self.wv.value.astype(self.dtype))
+        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(self.dtype))
+        k = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(self.dtype))
+        v = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(self.dtype))
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         new_kv = None
         if kv is not None:
@@ -161,7 +161,7 @@ class Attention(nnx.Module):
             v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype))
             k, v, new_kv = k_all[layer], v_all[layer], (k_all, v_all)
         out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
-        return jnp.einsum("bthk,hkd->btd", out, self.wo.value.astype(self.dtype)), new_kv
+        return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(self.dtype)), new_kv
 
 
 class MLP(nnx.Module):
@@ -175,9 +175,9 @@ class MLP(nnx.Module):
         self.dtype = config.compute_dtype
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.w_gate.value.astype(self.dtype)
-        up = x @ self.w_up.value.astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.w_down.value.astype(self.dtype)
+        gate = x @ self.w_gate[...].astype(self.dtype)
+        up = x @ self.w_up[...].astype(self.dtype)
+        return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
 
 
 class Block(nnx.Module):
@@ -210,7 +210,7 @@ class Transformer(nnx.Module):
         if not config.tie_embeddings:
             self.lm_head = _weight(rngs, (d, config.vocab_size), ("embed", "vocab"), config, None)
         if config.max_lookahead:
-            table = jnp.broadcast_to(self.embed.value[config.unk_id], (config.max_lookahead, d))
+            table = jnp.broadcast_to(self.embed[...][config.unk_id], (config.max_lookahead, d))
             self.lookahead = LookaheadParam(table, logical_axes=(None, "embed"))
         self.inv_freq = rope_frequencies(config)
 
@@ -220,11 +220,11 @@ class Transformer(nnx.Module):
 
     def embed_inputs(self, tokens: jax.Array, lookahead_slots: jax.Array | None) -> jax.Array:
         """Token embeddings [B, T, d], with lookahead embeddings where `lookahead_slots >= 0`."""
-        x = jnp.take(self.embed.value, tokens, axis=0)
+        x = jnp.take(self.embed[...], tokens, axis=0)
         if lookahead_slots is not None:
             if not self.has_lookahead:
                 raise ValueError("lookahead slots given but the model has no lookahead table")
-            table = self.lookahead.value
+            table = self.lookahead[...]
             la = jnp.take(table, jnp.clip(lookahead_slots, 0, table.shape[0] - 1), axis=0)
             x = jnp.where(lookahead_slots[..., None] >= 0, la.astype(x.dtype), x)
         return x.astype(self.config.compute_dtype)
@@ -291,9 +291,9 @@ class Transformer(nnx.Module):
         """Output logits [..., vocab] in float32 from final hidden states [..., d]."""
         dtype = self.config.compute_dtype
         if self.config.tie_embeddings:
-            head = self.embed.value.astype(dtype).T
+            head = self.embed[...].astype(dtype).T
         else:
-            head = self.lm_head.value.astype(dtype)
+            head = self.lm_head[...].astype(dtype)
         return jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
 
     def __call__(
