@@ -1,0 +1,1 @@
+"""Benchmarks: every speed figure pass-jax reports comes from here."""
