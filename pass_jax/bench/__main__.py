@@ -1,0 +1,98 @@
+"""The benchmark entry point: the paper's protocol on trained checkpoints.
+
+    python -m pass_jax.bench --config configs/small.py --workdir /tmp/small_run
+    python -m pass_jax.bench --config configs/tiny.py --workdir /tmp/tiny_run --quick
+
+Each stage's checkpoint is a model (`lookahead`: the paper's recipe, frozen base; `joint`: the
+lookahead-aware variant, whose base changed too, so its AR baseline is its own). Prompts are the
+first `prompt_len` tokens of held-out documents (the test split). Writes results.json,
+results.md and PNG plots to `--out` (default: WORKDIR/bench) and prints the Markdown.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+from pathlib import Path
+
+import jax
+from absl import app, flags
+from ml_collections import config_flags
+
+from pass_jax import cli, data
+from pass_jax.bench import protocol, report
+from pass_jax.experiment import ExperimentConfig
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, checkpoints).")
+_OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/bench).")
+_STAGES = flags.DEFINE_list("stages", ["lookahead", "joint"], "Stages whose checkpoints to run.")
+_QUICK = flags.DEFINE_bool("quick", False, "About a minute: 2 prompts, 32 tokens, 1 repeat.")
+_NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Held-out prompts (the paper: 200).")
+_PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Tokens per prompt.")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "New tokens per sequence.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (medians are reported).")
+_TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.2", "0.5", "0.8"], "Temperatures.")
+_LOOKAHEADS = flags.DEFINE_list("lookaheads", ["1", "2", "4", "6", "8"], "The L sweep.")
+_NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+STAGE_LABELS = {
+    "lookahead": "frozen base, paper's recipe",
+    "joint": "lookahead-aware (base fine-tuned)",
+}
+
+
+def machine() -> str:
+    device = jax.devices()[0]
+    return f"{device.platform} ({device.device_kind}), {platform.machine()}"
+
+
+def main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    exp = ExperimentConfig.from_config(_CONFIG.value)
+    tokenizer = cli.load_tokenizer(exp, _WORKDIR.value)
+    models = {
+        f"{stage}: {STAGE_LABELS.get(stage, stage)}": cli.load_model(
+            cli.find_checkpoint(exp, _WORKDIR.value, stage)
+        )
+        for stage in _STAGES.value
+    }
+    settings = protocol.Protocol(
+        max_new_tokens=_MAX_NEW.value,
+        temperatures=tuple(float(t) for t in _TEMPERATURES.value),
+        num_lookahead=_NUM_LOOKAHEAD.value,
+        sweep_lookaheads=tuple(int(n) for n in _LOOKAHEADS.value),
+        repeats=_REPEATS.value,
+    )
+    num_prompts = _NUM_PROMPTS.value
+    if _QUICK.value:
+        num_prompts = 2
+        settings = dataclasses.replace(
+            settings,
+            max_new_tokens=32,
+            temperatures=(0.0, 0.8),
+            sweep_lookaheads=(1, 2),
+            num_lookahead=2,
+            repeats=1,
+            cost_block_lens=(1, 2, 4),
+        )
+    test_split = dataclasses.replace(exp.data, split="test")
+    prompts = data.sample_prompts(
+        data.make_source(test_split),
+        tokenizer,
+        num_prompts=num_prompts,
+        prompt_len=_PROMPT_LEN.value,
+        seed=exp.data.seed,
+    ).tolist()
+    results = protocol.run(models, prompts, settings)
+    results.update(num_prompts=num_prompts, prompt_len=_PROMPT_LEN.value, machine=machine())
+    out = Path(_OUT.value or Path(_WORKDIR.value) / "bench")
+    files = report.write(results, out, machine())
+    print(files["markdown"].read_text())
+    print("\n".join(f"wrote {path}" for path in files.values()))
+
+
+if __name__ == "__main__":
+    app.run(main)
