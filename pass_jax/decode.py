@@ -15,6 +15,11 @@ a traced value. Calls with the same batch size, buckets, method, `num_lookahead`
 seed and EOS id never recompile.
 
 `.stats` counts only the decode loop's model calls; the prefill call is reported apart.
+
+Sharding: a model whose state lives on a mesh (`sharding.shard_model`) decodes on that mesh:
+the prompts, the cache and the loop state are split over its batch axes (when the batch
+divides), and the programs are traced under `jax.set_mesh` so the model's sharding hints apply.
+The executables are cached per argument sharding, so each mesh compiles its own.
 """
 
 from __future__ import annotations
@@ -29,7 +34,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pass_jax import loops
+from pass_jax import loops, sharding
+from pass_jax.config import ModelConfig
 from pass_jax.model import Transformer
 from pass_jax.sampling import SamplingConfig, SamplingParams
 
@@ -73,13 +79,13 @@ def generate(
     num_la = _check_inputs(model, prompts, max_new_tokens, method, num_lookahead, eos_id)
     config = model.config
     lengths = np.array([len(p) for p in prompts], np.int32)
-    capacity = min(config.max_seq_len, bucket(int(lengths.max())) + bucket(max_new_tokens) + num_la)
-    prompt_block = min(bucket(int(lengths.max())), capacity)
+    prompt_block, capacity = cache_shape(config, int(lengths.max()), max_new_tokens, num_la)
     tokens = np.zeros((len(prompts), prompt_block), np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = prompt
 
     graphdef, params = nnx.split(model)
+    mesh = sharding.mesh_of(params)
     if method == "pass_unk":
         params = _reset_lookahead_to_unk(params, config.unk_id)
     loop_method = "pass" if num_la else "ar"
@@ -92,14 +98,17 @@ def generate(
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
         jax.random.key(seed), jnp.arange(len(prompts))
     )
+    pending = tokens[np.arange(len(prompts)), lengths - 1]
+    tokens, lengths, pending, row_keys = (
+        sharding.shard_batch(x, mesh) for x in (tokens, lengths, pending, row_keys)
+    )
 
-    prefill_args = (graphdef, params, jnp.asarray(tokens), jnp.asarray(lengths))
+    prefill_args = (graphdef, params, tokens, lengths)
     prefill, prefill_compile_s = _compiled(loops.prefill, prefill_args, capacity=capacity)
     start = time.perf_counter()
     cache = jax.block_until_ready(prefill(*prefill_args[1:]))
     prefill_s = time.perf_counter() - start
 
-    pending = jnp.asarray(tokens[np.arange(len(prompts)), lengths - 1])
     decode_args = (graphdef, params, cache, pending, row_keys, consts)
     decode, decode_compile_s = _compiled(
         loops.decode,
@@ -119,6 +128,16 @@ def generate(
     stats = _statistics(state, num_la, decode_s, prefill_s, prefill_compile_s + decode_compile_s)
     stats["method"] = method
     return GenerationResult(tokens=new_tokens, stats=stats)
+
+
+def cache_shape(
+    config: ModelConfig, longest_prompt: int, max_new_tokens: int, num_lookahead: int
+) -> tuple[int, int]:
+    """(prompt block, cache capacity) of a call: bucketed lengths plus the lookahead window."""
+    capacity = min(
+        config.max_seq_len, bucket(longest_prompt) + bucket(max_new_tokens) + num_lookahead
+    )
+    return min(bucket(longest_prompt), capacity), capacity
 
 
 def _check_inputs(
@@ -180,8 +199,19 @@ def _reset_lookahead_to_unk(params: nnx.State, unk_id: int) -> nnx.State:
     return params
 
 
+def lower(fn, args: tuple, donate: tuple[int, ...] = (), **static) -> jax.stages.Lowered:
+    """`fn(*args, **static)` lowered with its first arg static and `args[1:]` as arguments
+    (arrays or `jax.ShapeDtypeStruct`s), traced under the mesh they live on (none if they live
+    on no mesh, whatever mesh the caller set): the program depends only on the arguments."""
+    graphdef = args[0]
+    jitted = jax.jit(lambda *rest: fn(graphdef, *rest, **static), donate_argnums=donate)
+    with jax.set_mesh(sharding.mesh_of(args[1:])):
+        return jitted.lower(*args[1:])
+
+
 def _compiled(fn, args: tuple, donate: tuple[int, ...] = (), **static):
-    """An executable for `fn(*args, **static)` (first arg static), compiled once per shape.
+    """An executable for `fn(*args, **static)` (first arg static), compiled once per shape,
+    dtype and sharding of `args[1:]`.
 
     Returns the executable (which takes `args[1:]`) and the seconds spent compiling now.
     """
@@ -191,12 +221,7 @@ def _compiled(fn, args: tuple, donate: tuple[int, ...] = (), **static):
     if key in _EXECUTABLES:
         return _EXECUTABLES[key], 0.0
     start = time.perf_counter()
-    graphdef = args[0]
-    jitted = jax.jit(
-        lambda *rest: fn(graphdef, *rest, **static),
-        donate_argnums=donate,
-    )
-    executable = jitted.lower(*args[1:]).compile()
+    executable = lower(fn, args, donate, **static).compile()
     _EXECUTABLES[key] = executable
     return executable, time.perf_counter() - start
 

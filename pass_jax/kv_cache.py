@@ -13,6 +13,9 @@ import jax.numpy as jnp
 from flax import struct
 
 from pass_jax.config import ModelConfig
+from pass_jax.sharding import constrain
+
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # k, v [n_layers, B, S, K, D]
 
 
 @struct.dataclass
@@ -30,11 +33,16 @@ class KVCache:
         """An empty cache holding up to `capacity` positions per row."""
         shape = (config.n_layers, batch_size, capacity, config.n_kv_heads, config.head_dim)
         dtype = dtype or config.compute_dtype
-        return cls(
+        cache = cls(
             k=jnp.zeros(shape, dtype),
             v=jnp.zeros(shape, dtype),
             lengths=jnp.zeros((batch_size,), jnp.int32),
         )
+        return cache.constrained()
+
+    def constrained(self) -> KVCache:
+        """The cache with its sharding hinted (`CACHE_AXES`); unchanged when no mesh is set."""
+        return self.replace(k=constrain(self.k, CACHE_AXES), v=constrain(self.v, CACHE_AXES))
 
     @property
     def capacity(self) -> int:

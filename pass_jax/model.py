@@ -19,6 +19,7 @@ from flax import nnx
 
 from pass_jax.config import ModelConfig, RopeScaling
 from pass_jax.kv_cache import KVCache
+from pass_jax.sharding import HIDDEN, LOGITS, constrain
 
 _MASKED = -1e30
 
@@ -191,8 +192,8 @@ class Block(nnx.Module):
 
     def __call__(self, x, cos, sin, mask, kv):
         attn_out, new_kv = self.attn(self.attn_norm(x), cos, sin, mask, kv)
-        x = x + attn_out
-        return x + self.mlp(self.mlp_norm(x)), new_kv
+        x = constrain(x + attn_out, HIDDEN)
+        return constrain(x + self.mlp(self.mlp_norm(x)), HIDDEN), new_kv
 
 
 class Transformer(nnx.Module):
@@ -211,7 +212,8 @@ class Transformer(nnx.Module):
             self.lm_head = _weight(rngs, (d, config.vocab_size), ("embed", "vocab"), config, None)
         if config.max_lookahead:
             table = jnp.broadcast_to(self.embed[...][config.unk_id], (config.max_lookahead, d))
-            self.lookahead = LookaheadParam(table, logical_axes=(None, "embed"))
+            # Replicated on every mesh: tiny, and read by every draft call.
+            self.lookahead = LookaheadParam(table, logical_axes=(None, None))
         self.inv_freq = rope_frequencies(config)
 
     @property
@@ -252,11 +254,11 @@ class Transformer(nnx.Module):
             if positions is None:
                 positions = slots
         cos, sin = rotary_embedding(positions, self.inv_freq)
-        x = self.embed_inputs(tokens, lookahead_slots)
+        x = constrain(self.embed_inputs(tokens, lookahead_slots), HIDDEN)
         kv = None if cache is None else (cache.k, cache.v, slots)
         x, kv = self._run_layers(x, cos, sin, mask, kv)
         if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1])
+            cache = cache.replace(k=kv[0], v=kv[1]).constrained()
         return self.final_norm(x), cache
 
     def _run_layers(self, x, cos, sin, mask, kv):
@@ -314,5 +316,5 @@ class Transformer(nnx.Module):
             block_mask=block_mask,
             cache=cache,
         )
-        logits = self.logits(hidden)
+        logits = constrain(self.logits(hidden), LOGITS)
         return logits if cache is None else (logits, new_cache)

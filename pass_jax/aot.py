@@ -1,0 +1,264 @@
+"""Ahead-of-time compilation against abstract arrays: per-device memory without the hardware.
+
+The model is built with `nnx.eval_shape` (no weights allocated), every argument is a
+`jax.ShapeDtypeStruct` carrying its `NamedSharding` on the mesh, and the programs are lowered
+exactly as `generate` lowers them (`decode.lower`), then compiled; XLA's `memory_analysis()`
+gives the per-device argument / output / alias / temp sizes. On a CPU host with fake devices
+(`--fake_devices 8`) this checks that a configuration partitions and compiles, and sizes it:
+
+    python -m pass_jax.aot --config configs/7b.py [--mesh 1,1,8] [--config.decode.batch_size=16]
+
+Two figures bound what a GPU/TPU device needs:
+
+- `resident`: params + KV cache per device, exact (from the shardings): the lower bound.
+- `peak` (argument + output - alias + temp): what the CPU compiler's program needs, an upper
+  bound. XLA:CPU has no bf16 matmuls: it converts bf16 weights to f32 and hoists those converts
+  out of the layer scan, so its temp holds an f32 copy of every weight per model call in the
+  loop (for the 7B on 8-way tensor parallelism, ~6 of its ~8 GiB of decode temp), which no
+  GPU/TPU program has (float32 weights have no such copy). Most of the rest of the decoding
+  loop's temp is one more copy of the KV cache.
+
+Any program that takes the graphdef first (`fn(graphdef, *args, **static)`, like
+`loops.prefill`, `loops.decode` or a train step) can be checked with `compile_program`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+from absl import app, flags
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from ml_collections import config_flags
+
+from pass_jax import decode, loops, sharding
+from pass_jax.config import ModelConfig
+from pass_jax.model import Transformer
+from pass_jax.sampling import SamplingConfig, SamplingParams
+
+GiB = 1 << 30
+# Nominal memory per device, before what the runtime reserves.
+TARGETS = {
+    "H100 80GB": 80 * GiB,
+    "H200 141GB": 141 * 10**9,
+    "TPU v4": 32 * GiB,
+    "TPU v5e": 16 * GiB,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ProgramMemory:
+    """One compiled program: per-device sizes in bytes (XLA `memory_analysis`) and timings."""
+
+    name: str
+    argument: int
+    output: int
+    alias: int
+    temp: int
+    generated_code: int
+    lower_s: float
+    compile_s: float
+
+    @property
+    def peak(self) -> int:
+        """Live bytes at the worst point: inputs, outputs not aliasing a donated input, temps."""
+        return self.argument + self.output - self.alias + self.temp
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeReport:
+    """Per-device memory of `generate`'s two programs for one decoding shape on one mesh."""
+
+    mesh: dict[str, int]
+    shape: dict[str, Any]  # batch_size, prompt_block, capacity, buffer_len, num_lookahead, greedy
+    params_bytes: int  # per device
+    cache_bytes: int  # per device (k + v)
+    programs: list[ProgramMemory]
+
+    @property
+    def resident(self) -> int:
+        return self.params_bytes + self.cache_bytes
+
+    @property
+    def peak(self) -> int:
+        return max(p.peak for p in self.programs)
+
+    def fits(self) -> dict[str, tuple[float, float]]:
+        """(resident, peak) as fractions of each target device's memory."""
+        return {name: (self.resident / size, self.peak / size) for name, size in TARGETS.items()}
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        values.update(resident=self.resident, peak=self.peak, fits=self.fits())
+        return values
+
+
+def abstract_model(config: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
+    """The model's graphdef and its state as `ShapeDtypeStruct`s sharded on `mesh`."""
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0))))
+    return graphdef, _with_shardings(state, sharding.param_shardings(state, mesh))
+
+
+def _with_shardings(tree: Any, shardings: Any) -> Any:
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def per_device_bytes(tree: Any) -> int:
+    """Bytes one device holds of a tree of sharded arrays or `ShapeDtypeStruct`s (the largest
+    shard of each leaf)."""
+    return sum(
+        math.prod(x.sharding.shard_shape(x.shape)) * jnp.dtype(x.dtype).itemsize
+        for x in jax.tree.leaves(tree)
+    )
+
+
+def compile_program(
+    name: str, fn: Callable[..., Any], args: tuple, donate: tuple[int, ...] = (), **static: Any
+) -> tuple[jax.stages.Compiled, ProgramMemory]:
+    """Lowers and compiles `fn(*args, **static)` like `generate` does (`args[0]` static,
+    `donate` indexing `args[1:]`); returns the executable and its memory figures."""
+    start = time.perf_counter()
+    lowered = decode.lower(fn, args, donate, **static)
+    lowered_at = time.perf_counter()
+    compiled = lowered.compile()
+    done = time.perf_counter()
+    stats = compiled.memory_analysis()
+    memory = ProgramMemory(
+        name=name,
+        argument=stats.argument_size_in_bytes,
+        output=stats.output_size_in_bytes,
+        alias=stats.alias_size_in_bytes,
+        temp=stats.temp_size_in_bytes,
+        generated_code=stats.generated_code_size_in_bytes,
+        lower_s=lowered_at - start,
+        compile_s=done - lowered_at,
+    )
+    return compiled, memory
+
+
+def decode_report(
+    config: ModelConfig,
+    mesh: Mesh,
+    *,
+    batch_size: int,
+    prompt_len: int,
+    max_new_tokens: int,
+    num_lookahead: int,
+    greedy: bool = True,
+) -> DecodeReport:
+    """Compiles prefill and the decoding loop (PaSS with `num_lookahead` drafts, or AR for 0)
+    for `batch_size` prompts of `prompt_len` tokens and `max_new_tokens` new tokens."""
+    prompt_block, capacity = decode.cache_shape(config, prompt_len, max_new_tokens, num_lookahead)
+    buffer_len = decode.bucket(max_new_tokens)
+    graphdef, params = abstract_model(config, mesh)
+
+    def batched(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
+
+    prefill_args = (
+        graphdef,
+        params,
+        batched((batch_size, prompt_block), jnp.int32),
+        batched((batch_size,), jnp.int32),
+    )
+    prefill, prefill_memory = compile_program(
+        "prefill", loops.prefill, prefill_args, capacity=capacity
+    )
+    cache = _with_shardings(prefill.out_info, prefill.output_shardings)
+
+    sampling_config = SamplingConfig(temperature=0.0 if greedy else 1.0)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    consts = loops.LoopConstants(
+        max_new=jnp.int32(max_new_tokens),
+        eos_id=jnp.int32(-1),
+        sampling=SamplingParams.from_config(sampling_config),
+    )
+    consts = _with_shardings(consts, jax.tree.map(lambda _: replicated, consts))
+    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch_size))
+    decode_args = (
+        graphdef,
+        params,
+        cache,
+        batched((batch_size,), jnp.int32),
+        batched(keys.shape, keys.dtype),
+        consts,
+    )
+    _, decode_memory = compile_program(
+        "decode",
+        loops.decode,
+        decode_args,
+        donate=(1,),
+        method="pass" if num_lookahead else "ar",
+        buffer_len=buffer_len,
+        opts=loops.LoopOptions(num_lookahead, *sampling_config.static_key),
+    )
+    return DecodeReport(
+        mesh=dict(mesh.shape),
+        shape=dict(
+            batch_size=batch_size,
+            prompt_block=prompt_block,
+            capacity=capacity,
+            buffer_len=buffer_len,
+            num_lookahead=num_lookahead,
+            greedy=greedy,
+        ),
+        params_bytes=per_device_bytes(params),
+        cache_bytes=per_device_bytes((cache.k, cache.v)),
+        programs=[prefill_memory, decode_memory],
+    )
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    """The ModelConfig of an experiment config (the vocabulary size comes from the tokenizer)."""
+    return ModelConfig.from_dict({**config.model, "vocab_size": config.tokenizer.vocab_size})
+
+
+def format_report(report: DecodeReport) -> str:
+    gib = lambda n: f"{n / GiB:9.3f}"
+    mesh = " ".join(f"{k}={v}" for k, v in report.mesh.items())
+    lines = [
+        f"mesh {mesh}; " + ", ".join(f"{k} {v}" for k, v in report.shape.items()),
+        f"GiB per device: params {gib(report.params_bytes)}, KV cache {gib(report.cache_bytes)}",
+        "program    argument   output    alias     temp     peak  lower_s compile_s",
+    ]
+    for p in report.programs:
+        sizes = "".join(gib(n) for n in (p.argument, p.output, p.alias, p.temp, p.peak))
+        lines.append(f"{p.name:8s}{sizes} {p.lower_s:8.1f} {p.compile_s:9.1f}")
+    lines.append("share of a device's memory: resident (params + cache) .. compiled peak")
+    lines += [
+        f"  {name:11s} {low:6.1%} .. {high:6.1%}" for name, (low, high) in report.fits().items()
+    ]
+    return "\n".join(lines)
+
+
+def _main(argv: Sequence[str]) -> None:
+    del argv
+    values = flags.FLAGS
+    if values.fake_devices:  # before JAX starts its backend
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", values.fake_devices)
+    config = values.config
+    mesh_shape = values.mesh or config.mesh.decode_shape
+    mesh = sharding.make_mesh([int(n) for n in mesh_shape], config.mesh.axes)
+    report = decode_report(model_config(config), mesh, **config.decode, greedy=not values.sample)
+    print(json.dumps(report.to_dict(), indent=1) if values.json else format_report(report))
+
+
+if __name__ == "__main__":
+    config_flags.DEFINE_config_file("config", None, "experiment config file", lock_config=True)
+    flags.DEFINE_list("mesh", None, "mesh shape, e.g. 1,2,4 (default: config.mesh.decode_shape)")
+    flags.DEFINE_integer("fake_devices", 8, "compile for N fake CPU devices; 0: the real devices")
+    flags.DEFINE_bool("sample", False, "compile the sampling (not greedy) programs")
+    flags.DEFINE_bool("json", False, "print the report as JSON")
+    flags.mark_flag_as_required("config")
+    app.run(_main)
