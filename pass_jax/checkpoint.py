@@ -1,0 +1,213 @@
+"""Checkpoints with orbax: base weights, lookahead table, optimizer state and metadata apart.
+
+A checkpoint directory holds one directory per step (`<dir>/<step>/`), and in it one item each:
+
+    params      the base weights (every `nnx.Param` but the lookahead table)
+    lookahead   the lookahead table `[L_max, d_model]` (tiny; loads onto any compatible base)
+    opt_state   the optimizer state (training checkpoints only)
+    meta        JSON: the step, the data iterator's position, the model config
+
+Saving goes through `ocp.CheckpointManager`: the newest `max_to_keep` steps are kept, arrays are
+written asynchronously, and a step is written to a temporary directory and renamed when complete,
+so an interrupted save never becomes the latest step and never touches an earlier one.
+
+Restoring reads one item directory at a time into an abstract target (`jax.ShapeDtypeStruct` per
+leaf, each with an optional sharding, so arrays can be restored straight onto a device mesh),
+after checking the stored tree against it. A missing item, a tree or shape mismatch, or an
+unreadable (corrupt) item raises `CheckpointError` naming the path and the problem.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from flax import nnx
+
+from pass_jax.model import LookaheadParam, Transformer
+
+ARRAY_ITEMS = ("params", "lookahead", "opt_state")
+META = "meta"
+_MAX_PROBLEMS = 8
+_FILTERS = {"params": nnx.All(nnx.Param, nnx.Not(LookaheadParam)), "lookahead": LookaheadParam}
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, corrupt, or does not match what it is restored into."""
+
+
+def abstract_tree(tree: Any, shardings: Any = None) -> Any:
+    """`jax.ShapeDtypeStruct`s for a tree of arrays.
+
+    `shardings` is a matching tree of `jax.sharding.Sharding`s (or None: each leaf keeps its
+    current sharding, if it has one).
+    """
+    if shardings is None:
+        return jax.tree.map(
+            lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None)),
+            tree,
+        )
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree, shardings
+    )
+
+
+def _key_str(path: tuple) -> str:
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def _leaves(tree: Any) -> dict[str, Any]:
+    flat, _ = jax.tree_util.tree_flatten_with_path(tree, is_leaf=lambda x: hasattr(x, "shape"))
+    return {_key_str(path): leaf for path, leaf in flat}
+
+
+def _check_matches(stored: Any, target: Any, where: Path) -> None:
+    """Raises `CheckpointError` listing how the stored tree differs from the target."""
+    have, want = _leaves(stored), _leaves(target)
+    problems = [f"missing {k}" for k in sorted(want.keys() - have.keys())]
+    problems += [f"unexpected {k}" for k in sorted(have.keys() - want.keys())]
+    for k in sorted(want.keys() & have.keys()):
+        s, t = have[k], want[k]
+        if tuple(s.shape) != tuple(t.shape) or np.dtype(s.dtype) != np.dtype(t.dtype):
+            problems.append(
+                f"{k}: stored {tuple(s.shape)} {s.dtype}, expected {tuple(t.shape)} {t.dtype}"
+            )
+    if problems:
+        more = len(problems) - _MAX_PROBLEMS
+        shown = problems[:_MAX_PROBLEMS] + ([f"... {more} more"] if more > 0 else [])
+        raise CheckpointError(f"checkpoint {where} does not match: " + "; ".join(shown))
+
+
+def read_item(item_dir: str | Path, target: Any) -> Any:
+    """Restores one array item into `target` (a tree of `jax.ShapeDtypeStruct`), shape-checked."""
+    item_dir = Path(item_dir)
+    if not item_dir.is_dir():
+        raise CheckpointError(f"missing checkpoint: {item_dir} does not exist")
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        stored = handler.metadata(epath.Path(item_dir)).tree
+    except Exception as e:
+        raise CheckpointError(f"corrupt checkpoint {item_dir}: unreadable metadata ({e})") from e
+    _check_matches(stored, target, item_dir)
+    try:
+        return handler.restore(epath.Path(item_dir), args=ocp.args.StandardRestore(target))
+    except Exception as e:
+        raise CheckpointError(f"corrupt checkpoint {item_dir}: {e}") from e
+
+
+def read_meta(step_dir: str | Path) -> dict[str, Any]:
+    """The JSON metadata item of a step directory."""
+    path = Path(step_dir) / META
+    try:
+        return ocp.JsonCheckpointHandler().restore(epath.Path(path))
+    except FileNotFoundError as e:
+        raise CheckpointError(f"missing checkpoint metadata: {e}") from e
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"corrupt checkpoint metadata {path}: {e}") from e
+
+
+def step_dir(path: str | Path) -> Path:
+    """A step directory: `path` itself, or the latest finished step of a checkpoint directory."""
+    path = Path(path)
+    if (path / META).is_dir():
+        return path
+    steps = sorted(int(p.name) for p in path.glob("*") if p.name.isdigit()) if path.is_dir() else []
+    if not steps:
+        raise CheckpointError(f"no checkpoint found at {path}")
+    return path / str(steps[-1])
+
+
+def split_params(model: Transformer) -> dict[str, dict[str, Any]]:
+    """The model's weights as pure dicts: `params` (base) and `lookahead` (if it has a table)."""
+    names = [n for n in _FILTERS if n != "lookahead" or model.has_lookahead]
+    return {name: nnx.to_pure_dict(nnx.state(model, _FILTERS[name])) for name in names}
+
+
+def assign_params(model: Transformer, items: Mapping[str, dict[str, Any]]) -> None:
+    """Writes restored `params` and/or `lookahead` pure dicts into the model."""
+    for name, pure in items.items():
+        state = nnx.state(model, _FILTERS[name])
+        nnx.replace_by_pure_dict(state, pure)
+        nnx.update(model, state)
+
+
+def load_params(
+    model: Transformer, path: str | Path, *, shardings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Loads base weights and, when both have one, the lookahead table into `model`.
+
+    `path` is a checkpoint directory (latest step) or a step directory. `shardings` optionally
+    maps an item name to a tree of shardings for its leaves. Returns the step's metadata.
+    """
+    directory = step_dir(path)
+    restored = {
+        name: read_item(directory / name, abstract_tree(pure, (shardings or {}).get(name)))
+        for name, pure in split_params(model).items()
+        if name == "params" or (directory / name).is_dir()  # base-only: keep the model's table
+    }
+    assign_params(model, restored)
+    return read_meta(directory)
+
+
+def load_lookahead(model: Transformer, path: str | Path, *, sharding: Any = None) -> None:
+    """Loads a lookahead table onto `model` (shape-checked against the model's table).
+
+    `path` is a checkpoint directory, a step directory, or a `lookahead` item directory.
+    """
+    if not model.has_lookahead:
+        raise CheckpointError("the model has no lookahead table (max_lookahead == 0)")
+    path = Path(path)
+    item_dir = path if (path / "_METADATA").is_file() else step_dir(path) / "lookahead"
+    pure = split_params(model)["lookahead"]
+    shardings = None if sharding is None else jax.tree.map(lambda _: sharding, pure)
+    assign_params(model, {"lookahead": read_item(item_dir, abstract_tree(pure, shardings))})
+
+
+class CheckpointStore:
+    """Saves and restores the steps of one checkpoint directory (one training stage)."""
+
+    def __init__(self, directory: str | Path, *, max_to_keep: int = 2, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        options = ocp.CheckpointManagerOptions(
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+        )
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    @property
+    def latest_step(self) -> int | None:
+        return self._manager.latest_step()
+
+    def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
+        """Starts saving array items (name -> tree) and JSON `meta` as `step` (async)."""
+        unknown = set(items) - set(ARRAY_ITEMS)
+        if unknown:
+            raise ValueError(f"unknown checkpoint items {sorted(unknown)}; items: {ARRAY_ITEMS}")
+        args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
+        args[META] = ocp.args.JsonSave(dict(meta))
+        self._manager.save(step, args=ocp.args.Composite(**args), force=True)
+
+    def restore(
+        self, targets: Mapping[str, Any], step: int | None = None
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Restores the named items into their abstract targets, and the metadata.
+
+        `step` defaults to the latest finished step. Nothing on disk is modified.
+        """
+        step = self.latest_step if step is None else step
+        if step is None:
+            raise CheckpointError(f"no checkpoint found at {self.directory}")
+        directory = self.directory / str(step)
+        items = {name: read_item(directory / name, target) for name, target in targets.items()}
+        return items, read_meta(directory)
+
+    def wait(self) -> None:
+        """Blocks until pending saves are on disk."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.close()

@@ -1,0 +1,182 @@
+"""The training experiment's configuration: an `ml_collections.ConfigDict` checked into dataclasses.
+
+Layout (see `configs/tiny.py`):
+
+    seed                     model initialisation
+    model                    ModelConfig fields (vocab_size and unk_id come from the tokenizer)
+    tokenizer                path (an existing SentencePiece model) or vocab_size + max_train_bytes
+                             to train one on the data's train split (stage 0)
+    data                     pass_jax.data.DataConfig fields (source, seq_len, batch_size, seed, ..)
+    stages                   comma-separated stages to run, in order: base, lookahead, joint
+    base, lookahead, joint   StageConfig fields of each stage
+    train                    TrainConfig: logging, checkpointing, initial weights
+    eval                     EvalConfig: held-out loss and acceptance measurement
+
+Every section is checked against its dataclass: an unknown or misspelt key is a `ValueError`
+naming it, raised before anything is built or compiled.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import ml_collections
+
+from pass_jax.config import ModelConfig
+from pass_jax.data import DataConfig
+from pass_jax.losses import LOOKAHEAD_LOSSES
+
+STAGES = ("base", "lookahead", "joint")
+
+
+@dataclasses.dataclass(frozen=True)
+class StageConfig:
+    """One training stage.
+
+    - `base`: pretraining; all base weights trained on next-token cross-entropy. With
+      `lookahead_weight > 0` it is *lookahead-aware* base training: LM loss + weight * lookahead
+      loss, table and base trained together.
+    - `lookahead`: the paper's recipe: base frozen, only the lookahead table trained, on the
+      lookahead loss alone.
+    - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
+      weights trained (changes the base model; decoding stays lossless).
+
+    The learning rate warms up linearly for `warmup_steps`, then follows a cosine to
+    `end_lr_ratio * learning_rate`. `num_insertions` lookahead blocks are appended per sequence.
+    """
+
+    name: str
+    steps: int
+    learning_rate: float
+    warmup_steps: int = 0
+    end_lr_ratio: float = 0.0
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    lookahead_weight: float = 0.0
+    num_insertions: int = 1
+    lookahead_loss: str = "ce"
+
+    def __post_init__(self) -> None:
+        if self.name not in STAGES:
+            raise ValueError(f"unknown stage {self.name!r}; stages are {STAGES}")
+        if self.steps < 1 or self.learning_rate <= 0:
+            raise ValueError(f"stage {self.name}: steps and learning_rate must be positive")
+        if not 0 <= self.warmup_steps < self.steps:
+            raise ValueError(f"stage {self.name}: warmup_steps must be in [0, steps)")
+        if self.lookahead_weight < 0 or self.num_insertions < 1:
+            raise ValueError(f"stage {self.name}: need lookahead_weight >= 0, num_insertions >= 1")
+        if self.name == "lookahead" and self.lookahead_weight <= 0:
+            raise ValueError("stage lookahead trains on the lookahead loss: lookahead_weight > 0")
+        if self.lookahead_loss not in LOOKAHEAD_LOSSES:
+            raise ValueError(
+                f"stage {self.name}: lookahead_loss {self.lookahead_loss!r} is not one of "
+                f"{LOOKAHEAD_LOSSES}"
+            )
+
+    @property
+    def trains_base(self) -> bool:
+        return self.name != "lookahead"
+
+    @property
+    def trains_table(self) -> bool:
+        return self.lookahead_weight > 0
+
+    @property
+    def lm_weight(self) -> float:
+        return 0.0 if self.name == "lookahead" else 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenizerConfig:
+    """An existing SentencePiece model (`path`), or one trained on the corpus into the workdir."""
+
+    path: str | None = None
+    vocab_size: int = 8192
+    max_train_bytes: int = 20_000_000
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Logging and checkpointing. `init_from`: a checkpoint whose weights start the first stage."""
+
+    log_every: int = 10
+    checkpoint_every: int = 200
+    max_to_keep: int = 2
+    init_from: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """Held-out evaluation after each stage.
+
+    `loss_batches` batches of the `split` give the held-out LM and lookahead losses; greedy PaSS
+    decoding of `num_prompts` prompts (the first `prompt_len` tokens of held-out documents) for
+    `max_new_tokens` tokens gives the acceptance rate per lookahead position. The held-out
+    lookahead losses use `num_insertions` blocks per sequence at fixed insertion points.
+    `loss_batches=0` / `num_prompts=0` skip the losses / the acceptance measurement.
+    """
+
+    split: str = "validation"
+    loss_batches: int = 8
+    num_insertions: int = 8
+    num_prompts: int = 16
+    prompt_len: int = 32
+    max_new_tokens: int = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    seed: int
+    model: ModelConfig
+    tokenizer: TokenizerConfig
+    data: DataConfig
+    stages: tuple[StageConfig, ...]
+    train: TrainConfig
+    eval: EvalConfig
+
+    @classmethod
+    def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> ExperimentConfig:
+        """Checks every section and key; raises `ValueError` naming the first problem."""
+        values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
+        sections = {"seed", "model", "tokenizer", "data", "stages", "train", "eval", *STAGES}
+        _reject_unknown("config", values, sections)
+        missing = sorted({"model", "tokenizer", "data", "stages"} - set(values))
+        if missing:
+            raise ValueError(f"config is missing section(s) {missing}")
+        names = [s.strip() for s in str(values["stages"]).split(",") if s.strip()]
+        for name in names:
+            if name not in STAGES:
+                raise ValueError(f"config.stages names unknown stage {name!r}; stages: {STAGES}")
+            if name not in values:
+                raise ValueError(f"config.stages runs {name!r} but config.{name} is missing")
+        if len(set(names)) != len(names):
+            raise ValueError(f"config.stages repeats a stage: {names}")
+        tokenizer = _section(TokenizerConfig, "tokenizer", values["tokenizer"])
+        model = dict(values["model"])
+        for key in ("vocab_size", "unk_id"):
+            if key in model:
+                raise ValueError(f"config.model.{key} is set from the tokenizer; remove it")
+        return cls(
+            seed=int(values.get("seed", 0)),
+            model=ModelConfig.from_dict({**model, "vocab_size": tokenizer.vocab_size}),
+            tokenizer=tokenizer,
+            data=_section(DataConfig, "data", values["data"]),
+            stages=tuple(_section(StageConfig, n, {**values[n], "name": n}) for n in names),
+            train=_section(TrainConfig, "train", values.get("train", {})),
+            eval=_section(EvalConfig, "eval", values.get("eval", {})),
+        )
+
+
+def _reject_unknown(where: str, values: Mapping[str, Any], known: set[str]) -> None:
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ValueError(f"unknown key(s) in {where}: {unknown}; known keys: {sorted(known)}")
+
+
+def _section(cls: type, where: str, values: Mapping[str, Any]):
+    known = {f.name for f in dataclasses.fields(cls)}
+    _reject_unknown(f"config.{where}", values, known)
+    converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
+    return cls(**converted)

@@ -1,0 +1,70 @@
+"""Training losses: next-token cross-entropy on the text, and the lookahead loss on the blocks.
+
+The lookahead loss is either cross-entropy against the data (`"ce"`, the paper's recipe) or
+distillation to the model's own distribution (`"kl"`: KL(p || q), with `p` the model's text output
+for the same target position, held constant).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from pass_jax.insertion import LookaheadInputs
+from pass_jax.model import Transformer
+
+LOOKAHEAD_LOSSES = ("ce", "kl")
+
+
+def _cross_entropy(log_probs: jax.Array, targets: jax.Array) -> jax.Array:
+    """-log p(target) [...] from log-probabilities [..., V] and int targets [...]."""
+    return -jnp.take_along_axis(log_probs, targets[..., None], axis=-1)[..., 0]
+
+
+def _masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(values * mask, axis=axis) / jnp.maximum(jnp.sum(mask, axis=axis), 1.0)
+
+
+def compute_losses(
+    model: Transformer, inputs: LookaheadInputs, lookahead_loss: str = "ce"
+) -> dict[str, jax.Array]:
+    """Losses and metrics of one forward pass over text + lookahead blocks.
+
+    Returns `lm_loss` (mean next-token cross-entropy of the text) and, when the input has
+    lookahead blocks: `la_loss` (the selected lookahead loss), `la_ce`, `la_kl`, and
+    `la_match` [L] (how often the draft argmax equals the model's own argmax for the same
+    position: teacher-forced greedy agreement, unconditional per row).
+    """
+    if lookahead_loss not in LOOKAHEAD_LOSSES:
+        raise ValueError(f"unknown lookahead loss {lookahead_loss!r}: one of {LOOKAHEAD_LOSSES}")
+    batch, num_blocks, num_la = inputs.targets.shape
+    text_len = inputs.text_targets.shape[1]
+    has_blocks = num_blocks * num_la > 0
+    hidden, _ = model.hidden_states(
+        inputs.tokens,
+        lookahead_slots=inputs.lookahead_slots if has_blocks else None,
+        positions=inputs.positions,
+        block_mask=inputs.block_mask,
+    )  # [B, N, d]
+    text_log_probs = jax.nn.log_softmax(model.logits(hidden[:, :text_len]))  # [B, T-1, V]
+    metrics = {"lm_loss": jnp.mean(_cross_entropy(text_log_probs, inputs.text_targets))}
+    if not has_blocks:
+        return metrics
+
+    la_logits = model.logits(hidden[:, text_len:]).reshape(batch, num_blocks, num_la, -1)
+    la_log_probs = jax.nn.log_softmax(la_logits)  # [B, K, L, V]
+    teacher = jnp.take_along_axis(
+        text_log_probs, inputs.teacher_index.reshape(batch, -1, 1), axis=1
+    ).reshape(la_log_probs.shape)
+    teacher = jax.lax.stop_gradient(teacher)  # [B, K, L, V]
+    ce = _cross_entropy(la_log_probs, inputs.targets)  # [B, K, L]
+    kl = jnp.sum(jnp.exp(teacher) * (teacher - la_log_probs), axis=-1)  # [B, K, L]
+    match = jnp.argmax(la_log_probs, -1) == jnp.argmax(teacher, -1)  # [B, K, L]
+    metrics.update(
+        la_ce=_masked_mean(ce, inputs.valid),
+        la_kl=_masked_mean(kl, inputs.valid),
+        la_match=_masked_mean(match, inputs.valid, axis=(0, 1)),  # [L]
+    )
+    metrics["la_loss"] = metrics["la_ce"] if lookahead_loss == "ce" else metrics["la_kl"]
+    return metrics

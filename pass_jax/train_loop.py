@@ -1,0 +1,296 @@
+"""Runs an experiment: the tokenizer (stage 0), then the configured training stages in order.
+
+Workdir layout:
+
+    tokenizer.model              trained here unless `tokenizer.path` names one
+    checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.checkpoint`)
+    metrics.jsonl                train / eval / stage records; TensorBoard in tensorboard/
+
+Each stage starts from the latest checkpoint of the stage before it (the first from
+`train.init_from` or a fresh initialisation), or resumes from its own latest checkpoint:
+weights, optimizer state and data position are restored, and the insertion points are drawn
+from the data seed and the step, so the resumed run continues exactly as if never stopped. A
+finished stage is skipped. SIGINT / SIGTERM during training save a checkpoint and raise
+`TrainingInterrupted`.
+
+After each stage: held-out LM and lookahead losses (teacher forced), and the acceptance rate
+per lookahead position measured by greedy PaSS decoding of held-out prompts with `generate`,
+for the trained table (`pass`) and the untrained UNK table (`pass_unk`).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import itertools
+import signal
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm import tqdm
+
+from pass_jax import data
+from pass_jax.checkpoint import (
+    CheckpointStore,
+    abstract_tree,
+    assign_params,
+    load_params,
+    split_params,
+)
+from pass_jax.experiment import ExperimentConfig
+from pass_jax.metrics import MetricsWriter, measure_acceptance
+from pass_jax.model import Transformer
+from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, train_tokenizer
+from pass_jax.training import Trainer
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped on a signal after saving a checkpoint; rerun the same command to resume."""
+
+    def __init__(self, signum: int, stage: str, step: int):
+        super().__init__(f"{signal.Signals(signum).name} at stage {stage} step {step}")
+        self.signum = signum
+
+
+def stage_checkpoints(workdir: str | Path, stage: str) -> Path:
+    return Path(workdir) / "checkpoints" / stage
+
+
+def prepare_tokenizer(exp: ExperimentConfig, workdir: Path) -> Tokenizer:
+    """Stage 0: the configured tokenizer, or one trained on the train split into the workdir."""
+    if exp.tokenizer.path:
+        return Tokenizer.load(exp.tokenizer.path)
+    path = workdir / MODEL_FILENAME
+    if path.is_file():
+        return Tokenizer.load(path)
+    start = time.perf_counter()
+    documents = itertools.islice(data.make_source(exp.data), exp.data.max_documents)
+    tokenizer = train_tokenizer(
+        documents,
+        vocab_size=exp.tokenizer.vocab_size,
+        output_path=path,
+        max_train_bytes=exp.tokenizer.max_train_bytes,
+    )
+    print(f"tokenizer: trained {tokenizer.vocab_size} pieces in {time.perf_counter() - start:.1f}s")
+    return tokenizer
+
+
+@dataclasses.dataclass
+class HeldOut:
+    """Held-out batches for the losses and prompts for the acceptance measurement."""
+
+    batches: list[np.ndarray]  # each [B, T] int32
+    prompts: list[list[int]]
+
+    @classmethod
+    def build(cls, exp: ExperimentConfig, tokenizer: Tokenizer) -> HeldOut:
+        config = dataclasses.replace(exp.data, split=exp.eval.split, shuffle=False, num_epochs=1)
+        held_out = cls(batches=[], prompts=[])
+        if exp.eval.loss_batches:
+            iterator = data.make_iterator(config, tokenizer)
+            held_out.batches = list(itertools.islice(iterator, exp.eval.loss_batches))
+        if exp.eval.num_prompts:
+            held_out.prompts = data.sample_prompts(
+                data.make_source(config),
+                tokenizer,
+                num_prompts=exp.eval.num_prompts,
+                prompt_len=exp.eval.prompt_len,
+                seed=exp.data.seed,
+            ).tolist()
+        return held_out
+
+
+@contextlib.contextmanager
+def _signals_caught() -> Iterator[Callable[[], int | None]]:
+    """While active, SIGINT and SIGTERM are recorded instead of acted on; yields a poll."""
+    received: list[int] = []
+    catch = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in catch}
+    try:
+        yield lambda: received[0] if received else None
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+
+
+def reset_lookahead_to_unk(model: Transformer) -> None:
+    """The paper's initialisation: every lookahead row set to the UNK token's embedding."""
+    table = model.lookahead[...]
+    rows = jnp.broadcast_to(model.embed[...][model.config.unk_id], table.shape)
+    model.lookahead[...] = jax.device_put(rows.astype(table.dtype), table.sharding)
+
+
+def evaluate(model: Transformer, trainer: Trainer, exp: ExperimentConfig, held_out: HeldOut):
+    """Held-out losses, and greedy PaSS acceptance for the trained and the UNK table."""
+    results: dict[str, Any] = {}
+    if held_out.batches:
+        k = exp.eval.num_insertions
+        results.update(trainer.evaluate(held_out.batches, num_insertions=k, seed=exp.seed))
+    if model.has_lookahead and held_out.prompts:
+        for method in ("pass", "pass_unk"):
+            measured = measure_acceptance(
+                model, held_out.prompts, max_new_tokens=exp.eval.max_new_tokens, method=method
+            )
+            results.update({f"{method}/{k}": v for k, v in measured.items()})
+    return results
+
+
+def _format_eval(stage: str, results: dict[str, Any]) -> str:
+    lines = []
+    if "lm_loss" in results:
+        lines.append(f"[{stage}] held-out lm_loss {results['lm_loss']:.4f}")
+    if "la_ce" in results:
+        lines[0] += f"  la_ce {results['la_ce']:.4f}  la_kl {results['la_kl']:.4f}"
+        match = " ".join(f"{x:.3f}" for x in results["la_match"])
+        lines.append(f"[{stage}] teacher-forced draft agreement by position: {match}")
+    for method in ("pass", "pass_unk"):
+        if f"{method}/tau" in results:
+            accept = " ".join(f"{x:.3f}" for x in results[f"{method}/acceptance_by_position"])
+            per_window = results[f"{method}/accepted_per_window"]
+            lines.append(
+                f"[{stage}] greedy {method}: acceptance by position {accept}  "
+                f"accepted/window {per_window:.3f}  tau {results[f'{method}/tau']:.3f}"
+            )
+    return "\n".join(lines)
+
+
+class StageRunner:
+    """Trains one stage with progress bar, metrics, checkpoints, resume and signal handling."""
+
+    def __init__(
+        self,
+        exp: ExperimentConfig,
+        index: int,
+        model: Transformer,
+        tokenizer: Tokenizer,
+        workdir: Path,
+        writer: MetricsWriter,
+    ):
+        self.exp, self.stage, self.model, self.writer = exp, exp.stages[index], model, writer
+        self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index)
+        data_config = dataclasses.replace(exp.data, seed=exp.data.seed + index)
+        self.iterator = data.make_iterator(data_config, tokenizer)
+        self.store = CheckpointStore(
+            stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
+        )
+        self.train_s = 0.0
+
+    def _items(self) -> dict[str, Any]:
+        """Everything a training checkpoint holds but the metadata, as pure dicts."""
+        return {**split_params(self.model), "opt_state": nnx.to_pure_dict(self._optimizer_state())}
+
+    def _optimizer_state(self) -> nnx.State:
+        return nnx.state(self.trainer.optimizer)
+
+    def restore(self) -> bool:
+        """Resumes from this stage's latest checkpoint; False when it has none."""
+        if self.store.latest_step is None:
+            return False
+        restored, meta = self.store.restore(abstract_tree(self._items()))
+        opt_state = self._optimizer_state()
+        nnx.replace_by_pure_dict(opt_state, restored.pop("opt_state"))
+        nnx.update(self.trainer.optimizer, opt_state)
+        assign_params(self.model, restored)
+        self.iterator.set_state(meta["data"])
+        self.train_s = meta["train_s"]
+        return True
+
+    def save(self) -> None:
+        self.trainer.sync()
+        meta = {
+            "stage": self.stage.name,
+            "step": self.trainer.step,
+            "data": self.iterator.get_state(),
+            "model": self.model.config.to_dict(),
+            "train_s": self.train_s,
+        }
+        self.store.save(self.trainer.step, self._items(), meta)
+
+    def train(self) -> None:
+        stage, every = self.stage, self.exp.train
+        bar = tqdm(total=stage.steps, initial=self.trainer.step, desc=stage.name, unit="step")
+        tokens_per_step = self.exp.data.batch_size * self.exp.data.seq_len
+        window_start, window_steps = None, 0  # tokens/s excludes the first (compiling) step
+        with _signals_caught() as stop_signal, bar:
+            while self.trainer.step < stage.steps:
+                step_start = time.perf_counter()
+                metrics = self.trainer.train_step(next(self.iterator))
+                if window_start is None:
+                    jax.block_until_ready(metrics)
+                    window_start = time.perf_counter()
+                else:
+                    window_steps += 1
+                step = self.trainer.step
+                if step % every.log_every == 0 or step == stage.steps:
+                    values = {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()}
+                    now = time.perf_counter()
+                    values["tokens_per_s"] = tokens_per_step * window_steps / (now - window_start)
+                    window_start, window_steps = now, 0
+                    self.writer.write("train", stage.name, step, values)
+                    bar.set_postfix(
+                        loss=f"{values['loss']:.3f}",
+                        tok_s=f"{values['tokens_per_s']:.0f}",
+                        lr=f"{values['lr']:.2e}",
+                    )
+                self.train_s += time.perf_counter() - step_start
+                bar.update(1)
+                signum = stop_signal()
+                if step % every.checkpoint_every == 0 or step == stage.steps or signum:
+                    self.save()
+                if signum:
+                    self.store.wait()
+                    raise TrainingInterrupted(signum, stage.name, step)
+        self.trainer.sync()
+        self.store.wait()
+
+    def close(self) -> None:
+        self.store.close()
+
+
+def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]:
+    """Runs (or resumes) every stage of `exp` in `workdir`; returns each trained stage's results."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    tokenizer = prepare_tokenizer(exp, workdir)
+    config = exp.model.replace(vocab_size=tokenizer.vocab_size, unk_id=max(tokenizer.unk_id, 0))
+    model = Transformer(config, rngs=nnx.Rngs(exp.seed))
+    if exp.train.init_from:
+        load_params(model, exp.train.init_from)
+    held_out = HeldOut.build(exp, tokenizer)
+    writer = MetricsWriter(workdir)
+    results: dict[str, dict[str, Any]] = {}
+    table_trained = False
+    with contextlib.closing(writer):
+        for index, stage in enumerate(exp.stages):
+            if index:
+                load_params(model, stage_checkpoints(workdir, exp.stages[index - 1].name))
+            runner = StageRunner(exp, index, model, tokenizer, workdir, writer)
+            with contextlib.closing(runner):
+                resumed = runner.restore()
+                if resumed:
+                    print(f"[{stage.name}] resumed at step {runner.trainer.step}")
+                if runner.trainer.step >= stage.steps:
+                    print(f"[{stage.name}] already finished ({stage.steps} steps): skipped")
+                    table_trained = table_trained or stage.trains_table
+                    continue
+                if not resumed and stage.name == "lookahead" and not table_trained:
+                    reset_lookahead_to_unk(model)
+                start = time.perf_counter()
+                runner.train()
+            table_trained = table_trained or stage.trains_table
+            result = evaluate(model, runner.trainer, exp, held_out)
+            result.update(train_s=runner.train_s, wall_s=time.perf_counter() - start)
+            writer.write("eval", stage.name, runner.trainer.step, result)
+            print(_format_eval(stage.name, result))
+            print(
+                f"[{stage.name}] {runner.train_s:.0f}s in training steps; "
+                f"{result['wall_s']:.0f}s wall in this run, evaluation included"
+            )
+            results[stage.name] = result
+    return results
