@@ -6,6 +6,10 @@ the Python standard library, in at most 15 minutes on 2 CPU cores (float32).
 
 Stage `joint` starts from the frozen recipe's table and fine-tunes base + table together: its
 held-out loss and acceptance are reported next to the frozen recipe's.
+
+Measured (6.1M parameters, ~2,100 training tokens/s on an otherwise idle machine): with 1000
+base and 150 joint steps the whole run took 12.5 min idle, so these 900 / 120 steps take ~11 min;
+15.3 min when other jobs kept the machine at a load of ~4. Held-out loss 5.57 nats/token.
 """
 
 import ml_collections
@@ -46,7 +50,7 @@ def get_config() -> ml_collections.ConfigDict:
     )
     config.stages = "base,lookahead,joint"
     config.base = dict(
-        steps=1000,
+        steps=900,
         learning_rate=3e-3,
         warmup_steps=50,
         end_lr_ratio=0.1,
@@ -70,9 +74,9 @@ def get_config() -> ml_collections.ConfigDict:
     )
     # Lookahead-aware fine-tune: LM loss + weight * lookahead loss, everything trained.
     config.joint = dict(
-        steps=150,
+        steps=120,
         learning_rate=1e-3,
-        warmup_steps=15,
+        warmup_steps=12,
         end_lr_ratio=0.1,
         weight_decay=0.1,
         grad_clip=1.0,
