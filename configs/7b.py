@@ -6,6 +6,7 @@
         --config.train.init_from=/ckpt/llama2_7b_orbax \\
         --config.tokenizer.path=/ckpt/Llama-2-7b-hf/tokenizer.model
     python -m pass_jax.aot --config configs/7b.py            # compile check, no accelerator
+    python train.py --config configs/7b.py --workdir /tmp/x --dry_run   # train step + decode
 
 Data: TFDS Wikipedia (`tfds_name`, prepared offline in `data.tfds_data_dir`); for a local code
 corpus set `--config.data.source=text_dir --config.data.path=/corpus --config.data.pattern=*.py
@@ -13,7 +14,8 @@ corpus set `--config.data.source=text_dir --config.data.path=/corpus --config.da
 
 The table has L_max = 8 rows (all trained); decoding drafts `decode.num_lookahead` = 4 of them by
 default, the paper's best setting for 7B. `mesh.train_shape` shards the frozen base FSDP-style
-over every device (data, fsdp, tensor); `mesh.decode_shape` is tensor parallel.
+over every device (data, fsdp, tensor); `mesh.decode_shape` is tensor parallel. On several hosts
+add `--distributed` (README, "Running on TPU and GPU").
 """
 
 import ml_collections

@@ -18,18 +18,23 @@ Two figures bound what a GPU/TPU device needs:
   GPU/TPU program has (float32 weights have no such copy). Most of the rest of the decoding
   loop's temp is one more copy of the KV cache.
 
+`train_report` does the same for one stage's train step, exactly as `training.Trainer` jits it
+(state and batch shardings pinned, state donated); its resident figure is params + optimizer
+state. `python train.py --config ... --dry_run` prints both reports for an experiment.
+
 Any program that takes the graphdef first (`fn(graphdef, *args, **static)`, like
-`loops.prefill`, `loops.decode` or a train step) can be checked with `compile_program`.
+`loops.prefill` or `loops.decode`) can be checked with `compile_program`.
 """
 
 from __future__ import annotations
 
+import abc
 import dataclasses
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -39,9 +44,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from pass_jax import decode, loops, sharding
+from pass_jax import decode, loops, sharding, training
 from pass_jax.config import ModelConfig
+from pass_jax.experiment import StageConfig
 from pass_jax.model import Transformer
+from pass_jax.optim import make_optimizer
 from pass_jax.sampling import SamplingConfig, SamplingParams
 
 GiB = 1 << 30
@@ -74,18 +81,22 @@ class ProgramMemory:
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeReport:
-    """Per-device memory of `generate`'s two programs for one decoding shape on one mesh."""
+class MemoryReport(abc.ABC):
+    """Per-device memory of compiled programs on one mesh, and what stays resident between
+    calls (exact, from the shardings: `parts()`)."""
 
+    title: ClassVar[str]
     mesh: dict[str, int]
-    shape: dict[str, Any]  # batch_size, prompt_block, capacity, buffer_len, num_lookahead, greedy
-    params_bytes: int  # per device
-    cache_bytes: int  # per device (k + v)
+    shape: dict[str, Any]
     programs: list[ProgramMemory]
+
+    @abc.abstractmethod
+    def parts(self) -> dict[str, int]:
+        """Resident bytes per device, by name."""
 
     @property
     def resident(self) -> int:
-        return self.params_bytes + self.cache_bytes
+        return sum(self.parts().values())
 
     @property
     def peak(self) -> int:
@@ -99,6 +110,32 @@ class DecodeReport:
         values = dataclasses.asdict(self)
         values.update(resident=self.resident, peak=self.peak, fits=self.fits())
         return values
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeReport(MemoryReport):
+    """`generate`'s two programs for one decoding shape (batch_size, prompt_block, capacity,
+    buffer_len, num_lookahead, greedy)."""
+
+    title: ClassVar[str] = "decode"
+    params_bytes: int  # per device
+    cache_bytes: int  # per device (k + v)
+
+    def parts(self) -> dict[str, int]:
+        return {"params": self.params_bytes, "KV cache": self.cache_bytes}
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainReport(MemoryReport):
+    """One stage's train step for one batch shape (stage, batch_size, seq_len, tokens per row
+    with the lookahead blocks)."""
+
+    title: ClassVar[str] = "train"
+    params_bytes: int  # per device
+    opt_state_bytes: int  # per device
+
+    def parts(self) -> dict[str, int]:
+        return {"params": self.params_bytes, "optimizer state": self.opt_state_bytes}
 
 
 def abstract_model(config: ModelConfig, mesh: Mesh) -> tuple[nnx.GraphDef, nnx.State]:
@@ -122,13 +159,12 @@ def per_device_bytes(tree: Any) -> int:
     )
 
 
-def compile_program(
-    name: str, fn: Callable[..., Any], args: tuple, donate: tuple[int, ...] = (), **static: Any
+def _measure(
+    name: str, lower: Callable[[], jax.stages.Lowered]
 ) -> tuple[jax.stages.Compiled, ProgramMemory]:
-    """Lowers and compiles `fn(*args, **static)` like `generate` does (`args[0]` static,
-    `donate` indexing `args[1:]`); returns the executable and its memory figures."""
+    """Runs `lower()` and compiles the result; returns the executable and its memory figures."""
     start = time.perf_counter()
-    lowered = decode.lower(fn, args, donate, **static)
+    lowered = lower()
     lowered_at = time.perf_counter()
     compiled = lowered.compile()
     done = time.perf_counter()
@@ -144,6 +180,61 @@ def compile_program(
         compile_s=done - lowered_at,
     )
     return compiled, memory
+
+
+def compile_program(
+    name: str, fn: Callable[..., Any], args: tuple, donate: tuple[int, ...] = (), **static: Any
+) -> tuple[jax.stages.Compiled, ProgramMemory]:
+    """Lowers and compiles `fn(*args, **static)` like `generate` does (`args[0]` static,
+    `donate` indexing `args[1:]`); returns the executable and its memory figures."""
+    return _measure(name, lambda: decode.lower(fn, args, donate, **static))
+
+
+def abstract_train_state(
+    config: ModelConfig, stage: StageConfig, mesh: Mesh
+) -> tuple[nnx.GraphDef, nnx.State, nnx.State]:
+    """The graphdef of (model, optimizer), their state as `ShapeDtypeStruct`s sharded on `mesh`,
+    and those shardings (`Trainer`'s: optimizer moments like their params, counters replicated)."""
+
+    def build() -> tuple[Transformer, nnx.Optimizer]:
+        model = Transformer(config, rngs=nnx.Rngs(0))
+        return model, make_optimizer(model, stage)
+
+    graphdef, state = nnx.split(nnx.eval_shape(build))
+    shardings = sharding.param_shardings(state, mesh)
+    return graphdef, _with_shardings(state, shardings), shardings
+
+
+def train_report(
+    config: ModelConfig, stage: StageConfig, mesh: Mesh, *, batch_size: int, seq_len: int
+) -> TrainReport:
+    """Compiles `stage`'s train step on batches [batch_size, seq_len] (the global batch)."""
+    graphdef, state, shardings = abstract_train_state(config, stage, mesh)
+    batch_shape = (batch_size, seq_len)
+    batch = jax.ShapeDtypeStruct(
+        batch_shape, jnp.int32, sharding=sharding.batch_sharding(mesh, batch_shape)
+    )
+    key = jax.eval_shape(lambda: jax.random.key(0))
+    key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
+    step = training.train_step_program(
+        graphdef, stage, config.max_lookahead, shardings, batch.sharding
+    )
+
+    def lower() -> jax.stages.Lowered:
+        with jax.set_mesh(mesh):
+            return step.lower(state, batch, key)
+
+    _, memory = _measure(f"train_{stage.name}", lower)
+    blocks = stage.num_insertions * config.max_lookahead if stage.trains_table else 0
+    return TrainReport(
+        mesh=dict(mesh.shape),
+        shape=dict(
+            stage=stage.name, batch_size=batch_size, seq_len=seq_len, tokens=seq_len - 1 + blocks
+        ),
+        programs=[memory],
+        params_bytes=per_device_bytes(state[0]),
+        opt_state_bytes=per_device_bytes(state[1]),
+    )
 
 
 def decode_report(
@@ -223,18 +314,19 @@ def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
     return ModelConfig.from_dict({**config.model, "vocab_size": config.tokenizer.vocab_size})
 
 
-def format_report(report: DecodeReport) -> str:
+def format_report(report: MemoryReport) -> str:
     gib = lambda n: f"{n / GiB:9.3f}"
     mesh = " ".join(f"{k}={v}" for k, v in report.mesh.items())
+    parts = ", ".join(f"{name} {gib(n).strip()}" for name, n in report.parts().items())
     lines = [
-        f"mesh {mesh}; " + ", ".join(f"{k} {v}" for k, v in report.shape.items()),
-        f"GiB per device: params {gib(report.params_bytes)}, KV cache {gib(report.cache_bytes)}",
-        "program    argument   output    alias     temp     peak  lower_s compile_s",
+        f"{report.title}: mesh {mesh}; " + ", ".join(f"{k} {v}" for k, v in report.shape.items()),
+        f"GiB per device: {parts}",
+        "program          argument   output    alias     temp     peak  lower_s compile_s",
     ]
     for p in report.programs:
         sizes = "".join(gib(n) for n in (p.argument, p.output, p.alias, p.temp, p.peak))
-        lines.append(f"{p.name:8s}{sizes} {p.lower_s:8.1f} {p.compile_s:9.1f}")
-    lines.append("share of a device's memory: resident (params + cache) .. compiled peak")
+        lines.append(f"{p.name:14s}{sizes} {p.lower_s:8.1f} {p.compile_s:9.1f}")
+    lines.append(f"share of a device's memory: resident ({' + '.join(report.parts())}) .. peak")
     lines += [
         f"  {name:11s} {low:6.1%} .. {high:6.1%}" for name, (low, high) in report.fits().items()
     ]

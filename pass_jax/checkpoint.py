@@ -13,8 +13,11 @@ so an interrupted save never becomes the latest step and never touches an earlie
 
 Restoring reads one item directory at a time into an abstract target (`jax.ShapeDtypeStruct` per
 leaf, each with an optional sharding, so arrays can be restored straight onto a device mesh),
-after checking the stored tree against it. A missing item, a tree or shape mismatch, or an
-unreadable (corrupt) item raises `CheckpointError` naming the path and the problem.
+after checking the stored tree against it. Sharded arrays are saved shard by shard (on several
+hosts, each host writes its own) and each device reads only its part of the target sharding, so
+a checkpoint saved on one mesh shape restores onto any other. A missing item, a tree or shape
+mismatch, or an unreadable (corrupt) item raises `CheckpointError` naming the path and the
+problem.
 """
 
 from __future__ import annotations

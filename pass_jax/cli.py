@@ -12,9 +12,11 @@ import ml_collections
 from absl import app, flags
 from flax import nnx
 
+from pass_jax import distributed
 from pass_jax.checkpoint import CheckpointError, load_params, read_meta, step_dir
 from pass_jax.config import ModelConfig
 from pass_jax.decode import GenerationResult, generate
+from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
 from pass_jax.experiment import ExperimentConfig
 from pass_jax.model import Transformer
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer
@@ -62,13 +64,32 @@ def flags_parser(argv: list[str]) -> list[str]:
     return remaining
 
 
-def train_main(config: ml_collections.ConfigDict, workdir: str) -> int:
-    """Runs the experiment; returns the exit status (128 + signal number when interrupted)."""
+def train_main(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    dry_run: bool = False,
+    multi_host: bool = False,
+) -> int:
+    """Runs the experiment; returns the exit status (128 + signal number when interrupted).
+
+    Starts the distributed runtime first when `multi_host` or the environment asks for it
+    (`distributed.initialize`). `dry_run` compiles and sizes the programs instead
+    (`pass_jax.dry_run`; fake CPU devices when there is no accelerator) and trains nothing.
+    """
+    if dry_run:
+        use_fake_cpu_devices()
+    distributed.initialize(multi_host)
     exp = ExperimentConfig.from_config(config)
+    if dry_run:
+        distributed.main_print(format_dry_run(exp))
+        return 0
     try:
         run(exp, workdir)
     except TrainingInterrupted as e:
-        print(f"interrupted ({e}); checkpoint saved, rerun the same command to resume")
+        distributed.main_print(
+            f"interrupted ({e}); checkpoint saved, rerun the same command to resume"
+        )
         return 128 + e.signum
     return 0
 

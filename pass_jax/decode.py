@@ -19,7 +19,9 @@ seed and EOS id never recompile.
 Sharding: a model whose state lives on a mesh (`sharding.shard_model`) decodes on that mesh:
 the prompts, the cache and the loop state are split over its batch axes (when the batch
 divides), and the programs are traced under `jax.set_mesh` so the model's sharding hints apply.
-The executables are cached per argument sharding, so each mesh compiles its own.
+The executables are cached per argument sharding, so each mesh compiles its own. On a mesh that
+spans several processes, every process calls `generate` with the same prompts and gets the
+whole result (rows held by other processes are gathered).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.experimental import multihost_utils
 
 from pass_jax import loops, sharding
 from pass_jax.config import ModelConfig
@@ -121,6 +124,7 @@ def generate(
     start = time.perf_counter()
     state = jax.block_until_ready(decode(*decode_args[1:]))
     decode_s = time.perf_counter() - start
+    state = state.replace(cache=None, **_on_host(state, _RESULT_FIELDS))
 
     num_new = np.asarray(state.num_new)
     out = np.asarray(state.tokens)
@@ -189,6 +193,21 @@ def _check_inputs(
             f"{longest + max_new_tokens + num_la} positions: max_seq_len is {config.max_seq_len}"
         )
     return num_la
+
+
+_RESULT_FIELDS = ("tokens", "num_new", "row_calls", "calls", "reached", "accepted")
+
+
+def _on_host(state: loops.DecodeState, fields: Sequence[str]) -> dict[str, np.ndarray]:
+    """The named fields of the final state as numpy arrays; rows that live on other processes
+    are gathered first."""
+
+    def fetch(x: jax.Array) -> np.ndarray:
+        if not (x.is_fully_addressable or x.is_fully_replicated):
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return {name: fetch(getattr(state, name)) for name in fields}
 
 
 def _reset_lookahead_to_unk(params: nnx.State, unk_id: int) -> nnx.State:

@@ -11,6 +11,8 @@ Layout (see `configs/tiny.py`):
     base, lookahead, joint   StageConfig fields of each stage
     train                    TrainConfig: logging, checkpointing, initial weights
     eval                     EvalConfig: held-out loss and acceptance measurement
+    mesh                     MeshConfig: device meshes for training and decoding (optional)
+    decode                   DecodeConfig: the decoding shape `--dry_run` compiles (optional)
 
 Every section is checked against its dataclass: an unknown or misspelt key is a `ValueError`
 naming it, raised before anything is built or compiled.
@@ -27,6 +29,7 @@ import ml_collections
 from pass_jax.config import ModelConfig
 from pass_jax.data import DataConfig
 from pass_jax.losses import LOOKAHEAD_LOSSES
+from pass_jax.sharding import MESH_AXES
 
 STAGES = ("base", "lookahead", "joint")
 
@@ -127,6 +130,35 @@ class EvalConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class MeshConfig:
+    """Device meshes over `axes` (`sharding.make_mesh`); one size of a shape may be -1 (every
+    remaining device). By default training is FSDP over all devices (batch and weights split on
+    `fsdp`: on one device, a 1x1x1 mesh) and decoding tensor parallel."""
+
+    axes: tuple[str, ...] = MESH_AXES
+    train_shape: tuple[int, ...] = (1, -1, 1)
+    decode_shape: tuple[int, ...] = (1, 1, -1)
+
+    def __post_init__(self) -> None:
+        for name in ("train_shape", "decode_shape"):
+            if len(getattr(self, name)) != len(self.axes):
+                raise ValueError(
+                    f"config.mesh.{name} {getattr(self, name)} does not match axes {self.axes}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeConfig:
+    """A decoding shape: `batch_size` prompts of `prompt_len` tokens, `max_new_tokens` new ones,
+    `num_lookahead` drafts per window (None: the table size L_max)."""
+
+    batch_size: int = 1
+    prompt_len: int = 128
+    max_new_tokens: int = 128
+    num_lookahead: int | None = None
+
+
+@dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
     seed: int
     model: ModelConfig
@@ -135,14 +167,17 @@ class ExperimentConfig:
     stages: tuple[StageConfig, ...]
     train: TrainConfig
     eval: EvalConfig
+    mesh: MeshConfig = MeshConfig()
+    decode: DecodeConfig = DecodeConfig()
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> ExperimentConfig:
         """Checks every section and key; raises `ValueError` naming the first problem."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
-        sections = {"seed", "model", "tokenizer", "data", "stages", "train", "eval", *STAGES}
-        _reject_unknown("config", values, sections)
-        missing = sorted({"model", "tokenizer", "data", "stages"} - set(values))
+        required = {"model", "tokenizer", "data", "stages"}
+        optional = {"seed", "train", "eval", "mesh", "decode", *STAGES}
+        _reject_unknown("config", values, required | optional)
+        missing = sorted(required - set(values))
         if missing:
             raise ValueError(f"config is missing section(s) {missing}")
         names = [s.strip() for s in str(values["stages"]).split(",") if s.strip()]
@@ -166,6 +201,8 @@ class ExperimentConfig:
             stages=tuple(_section(StageConfig, n, {**values[n], "name": n}) for n in names),
             train=_section(TrainConfig, "train", values.get("train", {})),
             eval=_section(EvalConfig, "eval", values.get("eval", {})),
+            mesh=_section(MeshConfig, "mesh", values.get("mesh", {})),
+            decode=_section(DecodeConfig, "decode", values.get("decode", {})),
         )
 
 

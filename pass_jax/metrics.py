@@ -26,9 +26,15 @@ def _summary_writer(logdir: Path) -> Any:
 
 
 class MetricsWriter:
-    """Appends one JSON record per call to `<workdir>/metrics.jsonl`, and scalars to TensorBoard."""
+    """Appends one JSON record per call to `<workdir>/metrics.jsonl`, and scalars to TensorBoard.
 
-    def __init__(self, workdir: str | Path):
+    `enabled=False` (every process but 0 of a multi-host run) writes nothing.
+    """
+
+    def __init__(self, workdir: str | Path, *, enabled: bool = True):
+        self.enabled = enabled
+        if not enabled:
+            return
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
         self.path = workdir / "metrics.jsonl"
@@ -36,6 +42,8 @@ class MetricsWriter:
         self._tensorboard = _summary_writer(workdir / "tensorboard")
 
     def write(self, event: str, stage: str, step: int, values: Mapping[str, Any]) -> None:
+        if not self.enabled:
+            return
         record = {"event": event, "stage": stage, "step": step, "time": time.time(), **values}
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
@@ -49,6 +57,8 @@ class MetricsWriter:
                     self._tensorboard.add_scalar(f"{stage}/{event}/{key}{suffix}", x, step)
 
     def close(self) -> None:
+        if not self.enabled:
+            return
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()

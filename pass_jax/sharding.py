@@ -22,8 +22,8 @@ of 1 is replicated over `data`. Every array shape is therefore valid on every me
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -33,6 +33,7 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 MESH_AXES = ("data", "fsdp", "tensor")
 
 MeshAxes = str | tuple[str, ...] | None
+M = TypeVar("M")
 
 RULES: dict[str, MeshAxes] = {
     # Parameters.
@@ -151,14 +152,29 @@ def param_shardings(tree: nnx.Module | nnx.State, mesh: Mesh) -> nnx.State:
     return jax.tree.map(sharding, state, is_leaf=lambda x: isinstance(x, nnx.Variable))
 
 
-def shard_model(model: nnx.Module, mesh: Mesh) -> None:
-    """Moves the model's state onto `mesh`, in place, as `param_shardings` says.
+def shard_model(model: nnx.Module | tuple, mesh: Mesh) -> None:
+    """Moves the state of a model (or of a tuple such as model and optimizer) onto `mesh`, in
+    place, as `param_shardings` says.
 
     This copies weights that are already in memory; a large model is better restored straight
     into its shardings (`checkpoint.load_params(..., shardings=...)`).
     """
     state = nnx.state(model)
     nnx.update(model, jax.device_put(state, param_shardings(state, mesh)))
+
+
+def create_sharded(factory: Callable[[], M], mesh: Mesh) -> M:
+    """`factory()` (an NNX module or a tuple of them) with its state in `param_shardings` on
+    `mesh`. On several devices every array is created directly in its sharding (one jitted
+    initialisation: no device ever holds the whole model; the values equal the eager ones up to
+    float rounding); on one device it is built eagerly, exactly as `factory()`."""
+    if mesh.size == 1:
+        module = factory()
+        shard_model(module, mesh)
+        return module
+    graphdef, abstract = nnx.split(nnx.eval_shape(factory))
+    init = jax.jit(lambda: nnx.state(factory()), out_shardings=param_shardings(abstract, mesh))
+    return nnx.merge(graphdef, init())
 
 
 def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
@@ -168,10 +184,30 @@ def batch_sharding(mesh: Mesh, shape: Sequence[int]) -> NamedSharding:
 
 
 def shard_batch(x: Any, mesh: Mesh | None) -> jax.Array:
-    """`x` [B, ...] on `mesh` split over the batch axes; on the default device if no mesh."""
+    """`x` [B, ...] on `mesh` split over the batch axes; on the default device if no mesh.
+
+    On a mesh that spans several processes, every process passes the same `x`. PRNG keys go
+    as their raw data (`device_put` cannot send typed keys to other processes' devices).
+    """
     if mesh is None:
         return jax.numpy.asarray(x)
+    if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+        data = shard_batch(jax.random.key_data(x), mesh)
+        return jax.random.wrap_key_data(data, impl=jax.random.key_impl(x))
     return jax.device_put(x, batch_sharding(mesh, np.shape(x)))
+
+
+def global_batch(local: np.ndarray, mesh: Mesh) -> jax.Array:
+    """One array [B_local * processes, ...] split over the batch axes of `mesh`, assembled from
+    each process's own rows `local` [B_local, ...] (on one process: `local` itself, sharded)."""
+    shape = (local.shape[0] * jax.process_count(), *local.shape[1:])
+    target = batch_sharding(mesh, shape)
+    if jax.process_count() > 1 and target.spec[0] is None:
+        raise ValueError(
+            f"a batch of {shape[0]} rows does not split over the mesh's batch axes "
+            f"{dict(mesh.shape)}: with several processes each must hold its own rows"
+        )
+    return jax.make_array_from_process_local_data(target, local, shape)
 
 
 def mesh_of(tree: Any) -> Mesh | None:

@@ -16,6 +16,13 @@ finished stage is skipped. SIGINT / SIGTERM during training save a checkpoint an
 After each stage: held-out LM and lookahead losses (teacher forced), and the acceptance rate
 per lookahead position measured by greedy PaSS decoding of held-out prompts with `generate`,
 for the trained table (`pass`) and the untrained UNK table (`pass_unk`).
+
+Training runs on the mesh `exp.mesh.train_shape` over every device (one device: a 1x1x1 mesh):
+the model is created and restored straight into its shardings, and `data.batch_size` is the
+global batch. On several hosts every host runs this same loop: each reads its own shard of the
+data (`batch_size / process_count` rows a step, assembled into global arrays), orbax writes the
+checkpoints from all of them, and only process 0 trains the tokenizer, writes metrics and prints.
+The workdir must then be one filesystem that every host mounts.
 """
 
 from __future__ import annotations
@@ -35,7 +42,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pass_jax import data
+from pass_jax import data, distributed, sharding
 from pass_jax.checkpoint import (
     CheckpointStore,
     abstract_tree,
@@ -43,6 +50,7 @@ from pass_jax.checkpoint import (
     load_params,
     split_params,
 )
+from pass_jax.data import DataConfig
 from pass_jax.experiment import ExperimentConfig
 from pass_jax.metrics import MetricsWriter, measure_acceptance
 from pass_jax.model import Transformer
@@ -63,22 +71,33 @@ def stage_checkpoints(workdir: str | Path, stage: str) -> Path:
 
 
 def prepare_tokenizer(exp: ExperimentConfig, workdir: Path) -> Tokenizer:
-    """Stage 0: the configured tokenizer, or one trained on the train split into the workdir."""
+    """Stage 0: the configured tokenizer, or one trained on the train split into the workdir
+    (by process 0; the others wait for it)."""
     if exp.tokenizer.path:
         return Tokenizer.load(exp.tokenizer.path)
     path = workdir / MODEL_FILENAME
-    if path.is_file():
-        return Tokenizer.load(path)
-    start = time.perf_counter()
-    documents = itertools.islice(data.make_source(exp.data), exp.data.max_documents)
-    tokenizer = train_tokenizer(
-        documents,
-        vocab_size=exp.tokenizer.vocab_size,
-        output_path=path,
-        max_train_bytes=exp.tokenizer.max_train_bytes,
-    )
-    print(f"tokenizer: trained {tokenizer.vocab_size} pieces in {time.perf_counter() - start:.1f}s")
-    return tokenizer
+    if distributed.is_main() and not path.is_file():
+        start = time.perf_counter()
+        documents = itertools.islice(data.make_source(exp.data), exp.data.max_documents)
+        tokenizer = train_tokenizer(
+            documents,
+            vocab_size=exp.tokenizer.vocab_size,
+            output_path=path,
+            max_train_bytes=exp.tokenizer.max_train_bytes,
+        )
+        elapsed = time.perf_counter() - start
+        print(f"tokenizer: trained {tokenizer.vocab_size} pieces in {elapsed:.1f}s")
+    distributed.barrier("tokenizer")
+    return Tokenizer.load(path)
+
+
+def host_data(config: DataConfig) -> DataConfig:
+    """This process's share of the data: `batch_size` is the global batch, of which each of the
+    `jax.process_count()` processes reads an equal part from its own shard."""
+    count = jax.process_count()
+    if config.batch_size % count:
+        raise ValueError(f"data.batch_size={config.batch_size} does not split over {count} hosts")
+    return dataclasses.replace(config, batch_size=config.batch_size // count)
 
 
 @dataclasses.dataclass
@@ -90,7 +109,8 @@ class HeldOut:
 
     @classmethod
     def build(cls, exp: ExperimentConfig, tokenizer: Tokenizer) -> HeldOut:
-        config = dataclasses.replace(exp.data, split=exp.eval.split, shuffle=False, num_epochs=1)
+        config = host_data(exp.data)
+        config = dataclasses.replace(config, split=exp.eval.split, shuffle=False, num_epochs=1)
         held_out = cls(batches=[], prompts=[])
         if exp.eval.loss_batches:
             iterator = data.make_iterator(config, tokenizer)
@@ -171,10 +191,11 @@ class StageRunner:
         tokenizer: Tokenizer,
         workdir: Path,
         writer: MetricsWriter,
+        mesh: jax.sharding.Mesh,
     ):
         self.exp, self.stage, self.model, self.writer = exp, exp.stages[index], model, writer
-        self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index)
-        data_config = dataclasses.replace(exp.data, seed=exp.data.seed + index)
+        self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index, mesh=mesh)
+        data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
         self.iterator = data.make_iterator(data_config, tokenizer)
         self.store = CheckpointStore(
             stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
@@ -192,12 +213,14 @@ class StageRunner:
         """Resumes from this stage's latest checkpoint; False when it has none."""
         if self.store.latest_step is None:
             return False
-        restored, meta = self.store.restore(abstract_tree(self._items()))
+        restored, meta = self.store.restore(abstract_tree(self._items()))  # into the shardings
         opt_state = self._optimizer_state()
         nnx.replace_by_pure_dict(opt_state, restored.pop("opt_state"))
         nnx.update(self.trainer.optimizer, opt_state)
         assign_params(self.model, restored)
-        self.iterator.set_state(meta["data"])
+        # Process 0's position; its fingerprint checks the stream there, the others follow.
+        data_state = meta["data"] if distributed.is_main() else {"step": meta["data"]["step"]}
+        self.iterator.set_state(data_state)
         self.train_s = meta["train_s"]
         return True
 
@@ -214,7 +237,13 @@ class StageRunner:
 
     def train(self) -> None:
         stage, every = self.stage, self.exp.train
-        bar = tqdm(total=stage.steps, initial=self.trainer.step, desc=stage.name, unit="step")
+        bar = tqdm(
+            total=stage.steps,
+            initial=self.trainer.step,
+            desc=stage.name,
+            unit="step",
+            disable=not distributed.is_main(),
+        )
         tokens_per_step = self.exp.data.batch_size * self.exp.data.seq_len
         window_start, window_steps = None, 0  # tokens/s excludes the first (compiling) step
         with _signals_caught() as stop_signal, bar:
@@ -259,24 +288,27 @@ def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(exp, workdir)
     config = exp.model.replace(vocab_size=tokenizer.vocab_size, unk_id=max(tokenizer.unk_id, 0))
-    model = Transformer(config, rngs=nnx.Rngs(exp.seed))
+    mesh = sharding.make_mesh(exp.mesh.train_shape, exp.mesh.axes)
+    model = sharding.create_sharded(lambda: Transformer(config, rngs=nnx.Rngs(exp.seed)), mesh)
     if exp.train.init_from:
-        load_params(model, exp.train.init_from)
+        load_params(model, exp.train.init_from)  # into the model's shardings
     held_out = HeldOut.build(exp, tokenizer)
-    writer = MetricsWriter(workdir)
+    writer = MetricsWriter(workdir, enabled=distributed.is_main())
     results: dict[str, dict[str, Any]] = {}
     table_trained = False
     with contextlib.closing(writer):
         for index, stage in enumerate(exp.stages):
             if index:
                 load_params(model, stage_checkpoints(workdir, exp.stages[index - 1].name))
-            runner = StageRunner(exp, index, model, tokenizer, workdir, writer)
+            runner = StageRunner(exp, index, model, tokenizer, workdir, writer, mesh)
             with contextlib.closing(runner):
                 resumed = runner.restore()
                 if resumed:
-                    print(f"[{stage.name}] resumed at step {runner.trainer.step}")
+                    distributed.main_print(f"[{stage.name}] resumed at step {runner.trainer.step}")
                 if runner.trainer.step >= stage.steps:
-                    print(f"[{stage.name}] already finished ({stage.steps} steps): skipped")
+                    distributed.main_print(
+                        f"[{stage.name}] already finished ({stage.steps} steps): skipped"
+                    )
                     table_trained = table_trained or stage.trains_table
                     continue
                 if not resumed and stage.name == "lookahead" and not table_trained:
@@ -287,8 +319,8 @@ def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]
             result = evaluate(model, runner.trainer, exp, held_out)
             result.update(train_s=runner.train_s, wall_s=time.perf_counter() - start)
             writer.write("eval", stage.name, runner.trainer.step, result)
-            print(_format_eval(stage.name, result))
-            print(
+            distributed.main_print(_format_eval(stage.name, result))
+            distributed.main_print(
                 f"[{stage.name}] {runner.train_s:.0f}s in training steps; "
                 f"{result['wall_s']:.0f}s wall in this run, evaluation included"
             )

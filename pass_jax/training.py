@@ -3,6 +3,11 @@
 The lookahead insertion points of a step come from `fold_in(key(seed), step)`, with `step` the
 optimizer's step counter: the random stream is a function of the seed and the (checkpointed)
 step, so a resumed run draws exactly what an uninterrupted one would.
+
+On a mesh, the model and optimizer state are placed by `sharding.param_shardings` (weights
+FSDP / tensor split by their logical axes, the lookahead table replicated, AdamW moments like
+their params, step counters replicated), the batch is split over the batch axes (`data`,
+`fsdp`), and the train step is jitted with those shardings pinned and the state donated.
 """
 
 from __future__ import annotations
@@ -15,7 +20,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from pass_jax import sharding
 from pass_jax.experiment import StageConfig
 from pass_jax.insertion import build_inputs, sample_insertion_points
 from pass_jax.losses import compute_losses
@@ -70,14 +77,43 @@ def _eval_step(
     return compute_losses(model, _layout(batch, key, num_insertions, num_lookahead))
 
 
-def _committed(state: nnx.State) -> nnx.State:
-    """The state with every array committed to its device (host arrays to the default device).
+def train_step_program(
+    graphdef: nnx.GraphDef,
+    stage: StageConfig,
+    num_lookahead: int,
+    state_shardings: nnx.State | None = None,
+    batch_sharding: NamedSharding | None = None,
+) -> jax.stages.Wrapped:
+    """The jitted step `(state, batch [B, T], key) -> (state, metrics)`.
+
+    With shardings (the state's and the batch's, on one mesh) they are pinned in and out, the
+    key and metrics replicated, and the state donated (updated in place); call and lower it
+    under `jax.set_mesh(mesh)`.
+    """
+    train = functools.partial(_train_step, graphdef, stage=stage, num_lookahead=num_lookahead)
+    if state_shardings is None:
+        return jax.jit(train)
+    replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
+    return jax.jit(
+        train,
+        in_shardings=(state_shardings, batch_sharding, replicated),
+        out_shardings=(state_shardings, replicated),
+        donate_argnums=0,
+    )
+
+
+def _committed(state: nnx.State, shardings: nnx.State | None) -> nnx.State:
+    """The state with every array committed to its device: to `shardings` on a mesh; else
+    host arrays to the default device and device arrays where they are.
 
     Step outputs are committed; inputs that are not (fresh arrays) or only partly (restored
     weights, fresh optimizer state) would make the second step compile again.
     """
-    default = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    shardings = jax.tree.map(lambda x: x.sharding if isinstance(x, jax.Array) else default, state)
+    if shardings is None:
+        default = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+        shardings = jax.tree.map(
+            lambda x: x.sharding if isinstance(x, jax.Array) else default, state
+        )
     return jax.device_put(state, shardings)
 
 
@@ -87,20 +123,35 @@ class Trainer:
     While training, the model's and optimizer's arrays live in a pure state (no graph traversal
     per step); `sync()` writes them back into the objects. `evaluate` syncs first; callers that
     read or write the model or optimizer between steps call `sync()` before doing so.
+
+    With a `mesh`, the model and optimizer state are moved onto it (`sharding.param_shardings`),
+    each batch is assembled from the processes' rows into one global array split over the batch
+    axes, and steps run under `jax.set_mesh(mesh)` and donate the state: arrays the model held
+    before a step are consumed by it (never keep references to them; `sync()` gives the new).
     """
 
-    def __init__(self, model: Transformer, stage: StageConfig, *, seed: int):
+    def __init__(
+        self, model: Transformer, stage: StageConfig, *, seed: int, mesh: Mesh | None = None
+    ):
         self.model = model
         self.stage = stage
+        self.mesh = mesh
         self.optimizer = make_optimizer(model, stage)
         self._key = jax.random.key(seed)
         self._state: nnx.State | None = None  # set while training; the objects are stale then
-        num_lookahead = model.config.max_lookahead
-        graphdef = nnx.graphdef((model, self.optimizer))
-        train = functools.partial(_train_step, graphdef, stage=stage, num_lookahead=num_lookahead)
-        self._train = jax.jit(train)
-        evaluate = functools.partial(_eval_step, nnx.graphdef(model), num_lookahead=num_lookahead)
-        self._eval = jax.jit(evaluate, static_argnames="num_insertions")
+        self._shardings: nnx.State | None = None
+        replicated = None
+        if mesh is not None:
+            sharding.shard_model((model, self.optimizer), mesh)
+            self._shardings = sharding.param_shardings(nnx.state((model, self.optimizer)), mesh)
+            replicated = NamedSharding(mesh, PartitionSpec())
+            self._key = jax.jit(lambda: jax.random.key(seed), out_shardings=replicated)()
+        self._num_lookahead = model.config.max_lookahead
+        self._train: jax.stages.Wrapped | None = None  # built for the first batch's sharding
+        evaluate = functools.partial(
+            _eval_step, nnx.graphdef(model), num_lookahead=self._num_lookahead
+        )
+        self._eval = jax.jit(evaluate, static_argnames="num_insertions", out_shardings=replicated)
 
     @property
     def step(self) -> int:
@@ -108,11 +159,22 @@ class Trainer:
         step = self.optimizer.step if self._state is None else self._state[1]["step"]
         return int(step[...])
 
+    def _global(self, batch: np.ndarray) -> jax.Array:
+        """This process's rows [B_local, T] as the global batch (on the mesh, if any)."""
+        return jnp.asarray(batch) if self.mesh is None else sharding.global_batch(batch, self.mesh)
+
     def train_step(self, batch: np.ndarray) -> dict[str, jax.Array]:
-        """One update on batch [B, T]; returns the step's metrics (device arrays)."""
+        """One update on batch [B, T] (on several processes: this process's rows of it); returns
+        the step's metrics (device arrays, replicated)."""
         if self._state is None:
-            self._state = _committed(nnx.state((self.model, self.optimizer)))
-        self._state, metrics = self._train(self._state, jnp.asarray(batch), self._key)
+            self._state = _committed(nnx.state((self.model, self.optimizer)), self._shardings)
+        batch = self._global(batch)
+        if self._train is None:
+            graphdef = nnx.graphdef((self.model, self.optimizer))
+            shardings = () if self.mesh is None else (self._shardings, batch.sharding)
+            self._train = train_step_program(graphdef, self.stage, self._num_lookahead, *shardings)
+        with jax.set_mesh(self.mesh):
+            self._state, metrics = self._train(self._state, batch, self._key)
         return metrics
 
     def sync(self) -> None:
@@ -124,16 +186,21 @@ class Trainer:
     def evaluate(
         self, batches: Iterable[np.ndarray], *, num_insertions: int, seed: int = 0
     ) -> dict[str, float | list[float]]:
-        """Mean losses and per-position draft agreement over batches (fixed insertion points)."""
+        """Mean losses and per-position draft agreement over batches (fixed insertion points;
+        on several processes, each gives its own rows of every batch)."""
         self.sync()
         key = jax.random.key(seed)
         state = nnx.state(self.model)
-        results = [
-            self._eval(
-                state, jnp.asarray(batch), jax.random.fold_in(key, i), num_insertions=num_insertions
-            )
-            for i, batch in enumerate(batches)
-        ]
+        with jax.set_mesh(self.mesh):
+            results = [
+                self._eval(
+                    state,
+                    self._global(batch),
+                    jax.random.fold_in(key, i),
+                    num_insertions=num_insertions,
+                )
+                for i, batch in enumerate(batches)
+            ]
         if not results:
             raise ValueError("evaluate needs at least one batch")
         means = jax.tree.map(lambda *xs: np.mean(np.stack(xs), axis=0), *results)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import runpy
 import subprocess
 import sys
@@ -14,7 +16,8 @@ from conftest import tiny_config
 from pass_jax import aot, sharding
 from pass_jax.experiment import ExperimentConfig
 
-CONFIG_7B = Path(__file__).parents[1] / "configs" / "7b.py"
+ROOT = Path(__file__).parents[1]
+CONFIG_7B = ROOT / "configs" / "7b.py"
 SMALL = dict(n_layers=2, d_model=256, n_heads=4, n_kv_heads=4, head_dim=64, d_ff=512)
 BATCH, PROMPT, NEW, L, VOCAB = 4, 16, 16, 4, 1024
 
@@ -75,9 +78,11 @@ def test_7b_config_has_llama2_shapes_and_the_training_layout():
         True,
         True,
     )
-    training = {k: v for k, v in config.to_dict().items() if k not in ("mesh", "decode")}
-    experiment = ExperimentConfig.from_config(training)
+    experiment = ExperimentConfig.from_config(config)
     assert experiment.model == model
+    assert experiment.mesh.train_shape == (1, -1, 1)
+    assert experiment.mesh.decode_shape == (1, 1, -1)
+    assert experiment.decode.num_lookahead == 4
     (stage,) = experiment.stages
     assert (stage.name, stage.learning_rate, stage.steps, stage.warmup_steps) == (
         "lookahead",
@@ -86,3 +91,35 @@ def test_7b_config_has_llama2_shapes_and_the_training_layout():
         2_000,
     )
     assert experiment.data.batch_size == 8
+
+
+def test_train_dry_run_sizes_a_scaled_down_7b_train_step_and_decode_loop(tmp_path):
+    """`train.py --dry_run` on 8 fake CPU devices: the lookahead train step on the FSDP mesh and
+    the decoding programs on the tensor-parallel mesh, with per-device memory; nothing runs."""
+    overrides = [f"--config.model.{k}={v}" for k, v in SMALL.items()] + [
+        f"--config.tokenizer.vocab_size={VOCAB}",
+        "--config.data.seq_len=64",
+        f"--config.decode.batch_size={BATCH}",
+        f"--config.decode.prompt_len={PROMPT}",
+        f"--config.decode.max_new_tokens={NEW}",
+    ]
+    command = [sys.executable, str(ROOT / "train.py"), f"--config={CONFIG_7B}"]
+    env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+    proc = subprocess.run(
+        [*command, f"--workdir={tmp_path / 'run'}", "--dry_run", *overrides],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=env,
+    )
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    out = proc.stdout
+    assert out.startswith("dry run on 8 x cpu (cpu)")
+    assert "train: mesh data=1 fsdp=8 tensor=1; stage lookahead, batch_size 8, seq_len 64" in out
+    assert "decode: mesh data=1 fsdp=1 tensor=8; batch_size 4" in out
+    number = r"\s+\d+\.\d{3}"
+    for program in ("train_lookahead", "prefill", "decode"):  # argument .. peak, then timings
+        assert re.search(rf"^{program}(?:{number}){{5}}\s+\d+\.\d\s+\d+\.\d$", out, re.M), out
+    assert out.count("share of a device's memory") == 2
+    assert "params + optimizer state" in out and "params + KV cache" in out
+    assert not (tmp_path / "run").exists()  # a dry run writes nothing
