@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 from flax import nnx
 
 from pass_jax.checkpoint import (
@@ -18,20 +19,9 @@ from pass_jax.checkpoint import (
     split_params,
     step_dir,
 )
-from pass_jax.config import ModelConfig
 from pass_jax.model import Transformer
 
-CONFIG = ModelConfig(
-    vocab_size=64,
-    d_model=32,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=16,
-    d_ff=64,
-    max_seq_len=64,
-    max_lookahead=4,
-)
+CONFIG = tiny_config(n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=64, max_lookahead=4)
 
 
 def _model(seed: int, **changes) -> Transformer:

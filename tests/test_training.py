@@ -8,11 +8,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from conftest import tiny_config
 from flax import nnx
 
 from pass_jax import data
 from pass_jax.checkpoint import load_params, split_params
-from pass_jax.config import ModelConfig
 from pass_jax.data import DataConfig
 from pass_jax.experiment import (
     EvalConfig,
@@ -27,16 +27,8 @@ from pass_jax.model import Transformer
 from pass_jax.train_loop import TrainingInterrupted, run, stage_checkpoints
 from pass_jax.training import Trainer
 
-CONFIG = ModelConfig(
-    vocab_size=64,
-    d_model=32,
-    n_layers=2,
-    n_heads=2,
-    n_kv_heads=1,
-    head_dim=16,
-    d_ff=64,
-    max_seq_len=128,
-    max_lookahead=4,
+CONFIG = tiny_config(
+    n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=128, max_lookahead=4
 )
 SEQ_LEN = 32
 
