@@ -21,10 +21,13 @@ naming it, raised before anything is built or compiled.
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from collections.abc import Mapping
 from typing import Any
 
 import ml_collections
+from ml_collections.config_dict import placeholder
 
 from pass_jax.config import ModelConfig
 from pass_jax.data import DataConfig
@@ -217,3 +220,56 @@ def _section(cls: type, where: str, values: Mapping[str, Any]):
     _reject_unknown(f"config.{where}", values, known)
     converted = {k: tuple(v) if isinstance(v, list) else v for k, v in values.items()}
     return cls(**converted)
+
+
+# Stage defaults of `default_config`: the paper's recipe for `lookahead`; language-model
+# pretraining for `base`; a lookahead-aware fine-tune for `joint`.
+_STAGE_DEFAULTS = {
+    "base": dict(
+        steps=1000, learning_rate=3e-3, warmup_steps=50, end_lr_ratio=0.1, weight_decay=0.1,
+        lookahead_weight=0.0, num_insertions=4,
+    ),
+    "lookahead": dict(
+        steps=100, learning_rate=1e-2, warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.0,
+        lookahead_weight=1.0, num_insertions=8,
+    ),
+    "joint": dict(
+        steps=150, learning_rate=1e-3, warmup_steps=10, end_lr_ratio=0.1, weight_decay=0.1,
+        lookahead_weight=1.0, num_insertions=8,
+    ),
+}  # fmt: skip
+
+
+def _field_defaults(cls: type, skip: tuple[str, ...] = ()) -> dict[str, Any]:
+    """A dataclass's defaulted fields as config values; None becomes a typed placeholder, so
+    that `--config.section.key=value` overrides are type-checked."""
+    hints = typing.get_type_hints(cls)
+    values = {}
+    for field in dataclasses.fields(cls):
+        if field.name in skip or field.default is dataclasses.MISSING:
+            continue
+        value = field.default
+        if value is None:
+            (kind,) = [t for t in typing.get_args(hints[field.name]) if t is not types.NoneType]
+            value = placeholder(kind)
+        values[field.name] = value
+    return values
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """Every section and key `ExperimentConfig.from_config` knows, at its default (the model's
+    are LLaMA-2-7B shapes): a config file starts from this and sets what differs."""
+    config = ml_collections.ConfigDict()
+    config.seed = 0
+    # vocab_size and unk_id come from the tokenizer; add rope_scaling=dict(...) when needed.
+    config.model = _field_defaults(ModelConfig, skip=("vocab_size", "unk_id", "rope_scaling"))
+    config.tokenizer = _field_defaults(TokenizerConfig)
+    config.data = _field_defaults(DataConfig, skip=("shard_index", "shard_count"))
+    config.stages = "base,lookahead"
+    for name, values in _STAGE_DEFAULTS.items():
+        config[name] = {**_field_defaults(StageConfig, skip=("name",)), **values}
+    config.train = _field_defaults(TrainConfig)
+    config.eval = _field_defaults(EvalConfig)
+    config.mesh = _field_defaults(MeshConfig)
+    config.decode = _field_defaults(DecodeConfig)
+    return config

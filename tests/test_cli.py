@@ -1,5 +1,6 @@
 """The train.py and decode.py scripts, end to end in subprocesses, and config errors."""
 
+import dataclasses
 import json
 import runpy
 import subprocess
@@ -8,7 +9,19 @@ from pathlib import Path
 
 import pytest
 
-from pass_jax.experiment import ExperimentConfig
+from pass_jax.config import ModelConfig
+from pass_jax.data import DataConfig
+from pass_jax.experiment import (
+    STAGES,
+    DecodeConfig,
+    EvalConfig,
+    ExperimentConfig,
+    MeshConfig,
+    StageConfig,
+    TokenizerConfig,
+    TrainConfig,
+    default_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {
@@ -90,3 +103,38 @@ def test_misspelt_config_file_key_is_a_clear_error(section, key, message):
     config[section][key] = 1
     with pytest.raises(ValueError, match=message):
         ExperimentConfig.from_config(config)
+
+
+@pytest.mark.parametrize("name", ["tiny.py", "small.py", "7b.py"])
+def test_config_files_check_and_type_their_overrides(name):
+    """Every shipped config passes the checks, and an override of a key that defaults to None
+    is type-checked by its placeholder (a string where an int belongs is refused)."""
+    config = runpy.run_path(str(ROOT / "configs" / name))["get_config"]()
+    experiment = ExperimentConfig.from_config(config)
+    assert experiment.model.vocab_size == config.tokenizer.vocab_size
+    config.data.max_documents = 5
+    assert ExperimentConfig.from_config(config).data.max_documents == 5
+    with pytest.raises(TypeError):
+        config.data.max_documents = "five"
+
+
+def test_default_config_names_every_key_the_checks_know():
+    config = default_config()
+    sections = {
+        "tokenizer": TokenizerConfig,
+        "train": TrainConfig,
+        "eval": EvalConfig,
+        "mesh": MeshConfig,
+        "decode": DecodeConfig,
+        **{stage: StageConfig for stage in STAGES},
+    }
+    for section, cls in sections.items():
+        fields = {f.name for f in dataclasses.fields(cls)} - {"name"}
+        assert set(config[section]) == fields, section
+    assert set(config.data) == {f.name for f in dataclasses.fields(DataConfig)} - {
+        "shard_index",
+        "shard_count",
+    }
+    model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
+    assert set(config.model) == model_fields - {"vocab_size", "unk_id", "rope_scaling"}
+    assert ExperimentConfig.from_config(config).stages[1].learning_rate == 1e-2
