@@ -538,17 +538,23 @@ def load_token_stream(
     n_docs = len(source) if config.max_documents is None else min(len(source), config.max_documents)
     log.info("tokenised %d documents -> %d tokens in %.1fs", n_docs, tokens.size, elapsed)
     if cache_file is not None:
-        cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tokens-", suffix=".npy", dir=cache_file.parent)
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, tokens)
-            os.replace(tmp, cache_file)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+        save_array(cache_file, tokens)
     return tokens, key
+
+
+def save_array(path: Path, array: np.ndarray) -> None:
+    """Writes `array` as .npy atomically: a temporary file beside it, then a rename, so `path`
+    is either absent or complete."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}-", suffix=".npy", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, array)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
 
 
 # ----------------------------------------------------------------------------------------------
@@ -662,6 +668,11 @@ def make_iterator(
 ) -> BatchIterator:
     """Source -> token stream (cached) -> packed/shuffled/sharded batches, as a `BatchIterator`."""
     tokens, stream_key = load_token_stream(config, tokenizer, source)
+    return iterate_tokens(tokens, stream_key, config)
+
+
+def iterate_tokens(tokens: np.ndarray, stream_key: str, config: DataConfig) -> BatchIterator:
+    """Packed/shuffled/sharded batches of a token stream [N] named by `stream_key`."""
     shard_index, shard_count = _resolve_shard(config.shard_index, config.shard_count)
     dataset = build_dataset(
         tokens,

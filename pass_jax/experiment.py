@@ -34,7 +34,8 @@ from pass_jax.data import DataConfig
 from pass_jax.losses import LOOKAHEAD_LOSSES
 from pass_jax.sharding import MESH_AXES
 
-STAGES = ("base", "lookahead", "joint")
+STAGES = ("base", "lookahead", "distill", "joint")
+TABLE_ONLY_STAGES = ("lookahead", "distill")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +47,10 @@ class StageConfig:
       loss, table and base trained together.
     - `lookahead`: the paper's recipe: base frozen, only the lookahead table trained, on the
       lookahead loss alone.
+    - `distill`: like `lookahead`, but on the model's own continuations of `generations`
+      corpus prompts of `generation_prompt_len` tokens (greedy at `generation_temperature` 0,
+      else sampled with top-k 10), generated at the start of the stage
+      (`pass_jax.generations`): the table learns to draft what the model writes.
     - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
       weights trained (changes the base model; decoding stays lossless).
 
@@ -63,6 +68,9 @@ class StageConfig:
     lookahead_weight: float = 0.0
     num_insertions: int = 1
     lookahead_loss: str = "ce"
+    generations: int = 256
+    generation_temperature: float = 0.0
+    generation_prompt_len: int = 32
 
     def __post_init__(self) -> None:
         if self.name not in STAGES:
@@ -73,8 +81,19 @@ class StageConfig:
             raise ValueError(f"stage {self.name}: warmup_steps must be in [0, steps)")
         if self.lookahead_weight < 0 or self.num_insertions < 1:
             raise ValueError(f"stage {self.name}: need lookahead_weight >= 0, num_insertions >= 1")
-        if self.name == "lookahead" and self.lookahead_weight <= 0:
-            raise ValueError("stage lookahead trains on the lookahead loss: lookahead_weight > 0")
+        if self.name in TABLE_ONLY_STAGES and self.lookahead_weight <= 0:
+            raise ValueError(
+                f"stage {self.name} trains on the lookahead loss: lookahead_weight > 0"
+            )
+        if (
+            self.generations < 1
+            or self.generation_prompt_len < 1
+            or self.generation_temperature < 0
+        ):
+            raise ValueError(
+                f"stage {self.name}: need generations >= 1, generation_prompt_len >= 1 and "
+                "generation_temperature >= 0"
+            )
         if self.lookahead_loss not in LOOKAHEAD_LOSSES:
             raise ValueError(
                 f"stage {self.name}: lookahead_loss {self.lookahead_loss!r} is not one of "
@@ -83,7 +102,7 @@ class StageConfig:
 
     @property
     def trains_base(self) -> bool:
-        return self.name != "lookahead"
+        return self.name not in TABLE_ONLY_STAGES
 
     @property
     def trains_table(self) -> bool:
@@ -91,7 +110,7 @@ class StageConfig:
 
     @property
     def lm_weight(self) -> float:
-        return 0.0 if self.name == "lookahead" else 1.0
+        return 0.0 if self.name in TABLE_ONLY_STAGES else 1.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -230,6 +249,10 @@ _STAGE_DEFAULTS = {
         lookahead_weight=0.0, num_insertions=4,
     ),
     "lookahead": dict(
+        steps=100, learning_rate=1e-2, warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.0,
+        lookahead_weight=1.0, num_insertions=8,
+    ),
+    "distill": dict(
         steps=100, learning_rate=1e-2, warmup_steps=10, end_lr_ratio=0.0, weight_decay=0.0,
         lookahead_weight=1.0, num_insertions=8,
     ),

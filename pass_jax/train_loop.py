@@ -4,6 +4,7 @@ Workdir layout:
 
     tokenizer.model              trained here unless `tokenizer.path` names one
     checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.checkpoint`)
+    generations/                 stage `distill`'s corpus of the model's own continuations
     metrics.jsonl                train / eval / stage records; TensorBoard in tensorboard/
 
 Each stage starts from the latest checkpoint of the stage before it (the first from
@@ -42,7 +43,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pass_jax import data, distributed, sharding
+from pass_jax import data, distributed, generations, sharding
 from pass_jax.checkpoint import (
     CheckpointStore,
     abstract_tree,
@@ -51,7 +52,7 @@ from pass_jax.checkpoint import (
     split_params,
 )
 from pass_jax.data import DataConfig
-from pass_jax.experiment import ExperimentConfig
+from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
 from pass_jax.metrics import MetricsWriter, measure_acceptance
 from pass_jax.model import Transformer
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, train_tokenizer
@@ -197,10 +198,31 @@ class StageRunner:
         self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index, mesh=mesh)
         data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
         self.iterator = data.make_iterator(data_config, tokenizer)
+        if self.stage.name == "distill":
+            self.iterator = self._generations_iterator(workdir / "generations", data_config)
         self.store = CheckpointStore(
             stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
         )
         self.train_s = 0.0
+
+    def _generations_iterator(self, directory: Path, config: DataConfig) -> data.BatchIterator:
+        """Batches of the model's continuations of prompts cut from the stage's data."""
+        if jax.process_count() > 1:
+            raise ValueError("stage distill runs on one process (generation is not multi-host)")
+        stage = self.stage
+        prompts = []
+        while len(prompts) < stage.generations:
+            prompts.extend(next(self.iterator)[:, : stage.generation_prompt_len])
+        corpus, key = generations.load_or_generate(
+            directory,
+            self.model,
+            np.stack(prompts[: stage.generations]),
+            seq_len=config.seq_len,
+            temperature=stage.generation_temperature,
+            top_k=0 if stage.generation_temperature == 0 else 10,
+            seed=config.seed,
+        )
+        return data.iterate_tokens(corpus.reshape(-1), key, config)
 
     def _items(self) -> dict[str, Any]:
         """Everything a training checkpoint holds but the metadata, as pure dicts."""
@@ -311,7 +333,7 @@ def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]
                     )
                     table_trained = table_trained or stage.trains_table
                     continue
-                if not resumed and stage.name == "lookahead" and not table_trained:
+                if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
                     reset_lookahead_to_unk(model)
                 start = time.perf_counter()
                 runner.train()

@@ -8,10 +8,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from conftest import greedy_reference, tiny_config
 from flax import nnx
 
-from pass_jax import data
+from pass_jax import data, generations
 from pass_jax.checkpoint import load_params, split_params
 from pass_jax.data import DataConfig
 from pass_jax.experiment import (
@@ -109,7 +109,7 @@ def test_block_mask_matches_each_block_run_alone():
         np.testing.assert_array_equal(inputs.valid[row, k], np.arange(4) < len(targets))
 
 
-@pytest.mark.parametrize("name", ["base", "lookahead", "joint"])
+@pytest.mark.parametrize("name", ["base", "lookahead", "distill", "joint"])
 def test_one_step_lowers_the_loss(name):
     model, batch, stage = _model(), _batch(), _stage(name)
     trainer = Trainer(model, stage, seed=0)
@@ -119,7 +119,7 @@ def test_one_step_lowers_the_loss(name):
     after, updated = _stage_loss(model, stage, batch), _arrays(model)
     assert after < before
     # The frozen recipe leaves the base bit-identical; plain base training leaves the table.
-    assert _same(weights["params"], updated["params"]) == (name == "lookahead")
+    assert _same(weights["params"], updated["params"]) == (name in ("lookahead", "distill"))
     assert _same(weights["lookahead"], updated["lookahead"]) == (name == "base")
 
 
@@ -171,3 +171,43 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         meta = load_params(models[name], stage_checkpoints(tmp_path / name, "joint"))
         assert meta["step"] == 6 and meta["data"]["step"] == 6
     assert _same(_arrays(models["whole"]), _arrays(models["split"]))
+
+
+def test_generated_corpus_is_the_models_own_greedy_continuation():
+    model = _model()
+    prompts = _batch(seed=3, batch_size=3)[:, :5]
+    corpus = generations.generate_corpus(model, prompts, seq_len=12, temperature=0.0, batch_size=2)
+    assert corpus.shape == (3, 12) and corpus.dtype == np.int32
+    np.testing.assert_array_equal(corpus[:, :5], prompts)
+    for row, prompt in zip(corpus, prompts, strict=True):
+        assert row[5:].tolist() == greedy_reference(model, prompt.tolist(), 7)
+
+
+def test_distill_stage_trains_the_table_on_the_models_generations_and_resumes(tmp_path):
+    base_stage = _stage("base", steps=2, warmup_steps=1)
+    distill = _stage("distill", steps=3, generations=5, generation_prompt_len=8)
+    exp = dataclasses.replace(_experiment(tmp_path, steps=3), stages=(base_stage, distill))
+    run(exp, tmp_path / "run")
+
+    corpus_file = tmp_path / "run" / "generations" / generations.CORPUS_FILENAME
+    corpus = np.load(corpus_file)
+    assert corpus.shape == (5, SEQ_LEN)
+    models = {}
+    for stage in ("base", "distill"):
+        models[stage] = Transformer(exp.model.replace(vocab_size=300), rngs=nnx.Rngs(1))
+        load_params(models[stage], stage_checkpoints(tmp_path / "run", stage))
+    base, distilled = _arrays(models["base"]), _arrays(models["distill"])
+    assert _same(base["params"], distilled["params"])  # the base stays frozen
+    assert not _same(base["lookahead"], distilled["lookahead"])
+    # The corpus is the frozen base's own greedy continuation of the stage's prompts.
+    again = generations.generate_corpus(
+        models["base"], corpus[:, :8], seq_len=SEQ_LEN, temperature=0.0
+    )
+    np.testing.assert_array_equal(again, corpus)
+
+    written = corpus_file.stat().st_mtime_ns
+    longer = dataclasses.replace(exp, stages=(base_stage, dataclasses.replace(distill, steps=4)))
+    run(longer, tmp_path / "run")  # resumes distill from step 3 on the cached corpus
+    assert corpus_file.stat().st_mtime_ns == written
+    meta = load_params(models["distill"], stage_checkpoints(tmp_path / "run", "distill"))
+    assert meta["step"] == 4
