@@ -5,8 +5,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import forward, greedy_reference, tiny_model
+from scipy import stats
 
-from pass_jax import decode
+from pass_jax import decode, sampling
 from pass_jax.decode import generate
 
 
@@ -40,6 +41,24 @@ def _allowed_tokens(model, prompt, tokens, keep):
     seq = jnp.asarray([prompt + tokens], jnp.int32)
     probs = np.asarray(jax.nn.softmax(forward(model, seq)[0], axis=-1))
     return [keep(probs[len(prompt) - 1 + i])[tok] for i, tok in enumerate(tokens)]
+
+
+def test_sampler_draws_the_given_distribution_and_never_a_zero_probability_token():
+    probs = np.zeros(64, np.float32)
+    probs[[0, 5, 6, 40, 63]] = [0.5, 0.2, 1e-3, 0.299, 0.0]
+    probs[62] = 1 - probs.sum()  # the tail mass sits next to a zero at the very end
+    rows = 20000
+    keys = jax.random.split(jax.random.key(0), rows)
+    batch = jnp.broadcast_to(jnp.asarray(probs), (rows, 2, 64))  # [B, 2, V]
+    draws = np.asarray(jax.jit(sampling.sample)(keys, batch)).reshape(-1)
+    assert set(np.unique(draws)) <= set(np.flatnonzero(probs))
+    support = np.flatnonzero(probs)
+    observed = np.array([(draws == t).sum() for t in support])
+    expected = probs[support] / probs[support].sum() * draws.size
+    assert stats.chisquare(observed, expected).pvalue > 1e-3
+    # Positions of one row are independent draws, not copies.
+    pairs = np.asarray(jax.jit(sampling.sample)(keys, batch))
+    assert np.mean(pairs[:, 0] == pairs[:, 1]) < 0.5
 
 
 def test_top_k_samples_only_the_k_most_likely_tokens():
