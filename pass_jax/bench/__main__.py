@@ -12,6 +12,7 @@ results.md and PNG plots to `--out` (default: WORKDIR/bench) and prints the Mark
 from __future__ import annotations
 
 import dataclasses
+import os
 import platform
 from pathlib import Path
 
@@ -45,8 +46,16 @@ STAGE_LABELS = {
 
 
 def machine() -> str:
+    """The accelerators, or the CPU model and its core count."""
     device = jax.devices()[0]
-    return f"{device.platform} ({device.device_kind}), {platform.machine()}"
+    if device.platform != "cpu":
+        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
+    model = platform.processor() or platform.machine()
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
+        model = names[0].split(":", 1)[1].strip() if names else model
+    return f"CPU: {model}, {os.cpu_count()} cores ({platform.machine()}), no accelerator"
 
 
 def main(argv: list[str]) -> None:
