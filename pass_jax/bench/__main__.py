@@ -12,11 +12,8 @@ results.md and PNG plots to `--out` (default: WORKDIR/bench) and prints the Mark
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 from pathlib import Path
 
-import jax
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -43,19 +40,6 @@ STAGE_LABELS = {
     "distill": "frozen base, table trained on the model's own continuations",
     "joint": "lookahead-aware (base fine-tuned)",
 }
-
-
-def machine() -> str:
-    """The accelerators, or the CPU model and its core count."""
-    device = jax.devices()[0]
-    if device.platform != "cpu":
-        return f"{jax.device_count()} x {device.device_kind} ({device.platform})"
-    model = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        model = names[0].split(":", 1)[1].strip() if names else model
-    return f"CPU: {model}, {os.cpu_count()} cores ({platform.machine()}), no accelerator"
 
 
 def main(argv: list[str]) -> None:
@@ -97,9 +81,9 @@ def main(argv: list[str]) -> None:
         seed=exp.data.seed,
     ).tolist()
     results = protocol.run(models, prompts, settings)
-    results.update(num_prompts=num_prompts, prompt_len=_PROMPT_LEN.value, machine=machine())
+    results.update(num_prompts=num_prompts, prompt_len=_PROMPT_LEN.value, machine=report.machine())
     out = Path(_OUT.value or Path(_WORKDIR.value) / "bench")
-    files = report.write(results, out, machine())
+    files = report.write(results, out, report.machine())
     print(files["markdown"].read_text())
     print("\n".join(f"wrote {path}" for path in files.values()))
 

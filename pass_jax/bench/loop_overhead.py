@@ -10,13 +10,12 @@ and prints both with their ratio, plus the cost of forwards on 2..16 tokens rela
 from __future__ import annotations
 
 import json
-import platform
 import statistics
 
-import jax
 from absl import app, flags
 from flax import nnx
 
+from pass_jax.bench.report import machine
 from pass_jax.bench.timing import cost_curve, forward_seconds
 from pass_jax.config import ModelConfig
 from pass_jax.decode import bucket, generate
@@ -68,8 +67,7 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
         "forward_cost_relative_to_one_token": cost_curve(
             model, [2, 4, 8, 16], context=context, capacity=capacity, repeats=repeats * 4
         ),
-        "device": str(jax.devices()[0].device_kind),
-        "machine": f"{platform.machine()}, {jax.device_count()} device(s), {platform.processor()}",
+        "machine": machine(),
     }
 
 
