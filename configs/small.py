@@ -29,10 +29,12 @@ def get_config() -> ml_collections.ConfigDict:
     )  # fmt: skip
     config.tokenizer.update(vocab_size=4096, max_train_bytes=8_000_000)
     config.data.update(seq_len=256, batch_size=8)
-    config.stages = "base,lookahead,joint"
+    config.stages = "base,lookahead,distill,joint"
     # Language-model pretraining (lookahead_weight > 0 would make it lookahead-aware).
     config.base.update(steps=1700, warmup_steps=80)
     config.lookahead.update(steps=80)  # the paper's recipe: base frozen, table only
-    config.joint.update(steps=150)  # lookahead-aware fine-tune from the frozen recipe's table
+    # Frozen base, the table trained on 512 of the model's own greedy continuations.
+    config.distill.update(steps=100, generations=512)
+    config.joint.update(steps=150)  # lookahead-aware fine-tune from the table before it
     config.eval.update(num_prompts=32)
     return config
