@@ -16,7 +16,7 @@ from absl import app, flags
 from flax import nnx
 
 from pass_jax.bench.report import machine
-from pass_jax.bench.timing import cost_curve, forward_seconds
+from pass_jax.bench.timing import ForwardTimer
 from pass_jax.config import ModelConfig
 from pass_jax.decode import bucket, generate
 from pass_jax.model import Transformer
@@ -52,9 +52,9 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
         statistics.median(run().stats["decode_s"] for _ in range(repeats)) / max_new_tokens
     )
     context = len(prompt[0]) + max_new_tokens // 2  # the mean cache length during generation
-    per_token_forward = forward_seconds(
-        model, block_len=1, context=context, capacity=capacity, repeats=max(repeats * 10, 20)
-    )
+    timer = ForwardTimer(model, [1, 2, 4, 8, 16], context=context, capacity=capacity)
+    timer.sample(rounds=max(repeats * 4, 20))
+    per_token_forward = timer.seconds()[1]
     return {
         "params_millions": config.num_params / 1e6,
         "dtype": config.dtype,
@@ -64,9 +64,7 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
         "generate_ms_per_token": 1e3 * per_token_generate,
         "forward_ms_per_token": 1e3 * per_token_forward,
         "loop_overhead": per_token_generate / per_token_forward - 1.0,
-        "forward_cost_relative_to_one_token": cost_curve(
-            model, [2, 4, 8, 16], context=context, capacity=capacity, repeats=repeats * 4
-        ),
+        "forward_cost_relative_to_one_token": timer.relative_cost(),
         "machine": machine(),
     }
 

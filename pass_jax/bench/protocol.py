@@ -4,8 +4,10 @@ For each model (e.g. the frozen-recipe table and the lookahead-aware one) and te
 methods (autoregressive, "[UNK] lookahead", PaSS at several L) decode the same prompts one
 sequence at a time (batch 1, as in the paper) to exactly `max_new_tokens` (no EOS), interleaved
 within each repeat so that machine drift hits all of them; the first call of each method compiles
-and is not timed. Time per sequence is the median over repeats of the mean over prompts of
-prefill + decode time; speedup = AR time / method time for the same prompts.
+and is not timed. The cost of a forward on each block length is sampled between the decoded
+sequences, so the cost curve sees the same machine state as the decoding it projects. Time per
+sequence is the median over repeats of the mean over prompts of prefill + decode time;
+speedup = AR time / method time for the same prompts.
 
 Beside the measured speedup: tau (committed tokens per model call), acceptance by lookahead
 position, the theoretical tau from the draft-1 acceptance (i.i.d. drafts, ALGORITHMS.md), and
@@ -23,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pass_jax.bench.timing import cost_curve, forward_seconds
+from pass_jax.bench.timing import ForwardTimer
 from pass_jax.decode import bucket, generate
 from pass_jax.model import Transformer
 
@@ -91,9 +93,14 @@ def _decode(
 
 
 def measure_temperature(
-    model: Transformer, prompts: Sequence[list[int]], protocol: Protocol, temperature: float
+    model: Transformer,
+    prompts: Sequence[list[int]],
+    protocol: Protocol,
+    temperature: float,
+    timer: ForwardTimer,
 ) -> list[dict[str, Any]]:
-    """Every method at one temperature, interleaved, with warm-up; one record per method."""
+    """Every method at one temperature, interleaved, with warm-up; one record per method.
+    `timer` samples the forward costs after each prompt's round of methods."""
     methods = methods_for(protocol, temperature, model.config.max_lookahead)
     compile_s = {
         m: _decode(model, prompts[0], m, protocol, temperature, 0)["compile_s"] for m in methods
@@ -113,6 +120,7 @@ def measure_temperature(
                 c["calls"] += stats["forward_passes"]
                 c["reached"] += np.asarray(stats["reached_by_position"])
                 c["accepted"] += np.asarray(stats["accepted_by_position"])
+            timer.sample()
         for method in methods:
             seconds[method].append(statistics.fmean(per_method[method]))
     ar_seconds = statistics.median(seconds[methods[0]])
@@ -161,22 +169,20 @@ def run(
         capacity = bucket(max(len(p) for p in prompts)) + bucket(protocol.max_new_tokens)
         context = len(prompts[0]) + protocol.max_new_tokens // 2
         lookaheads = {protocol.num_lookahead, *protocol.sweep_lookaheads}
-        block_lens = {*protocol.cost_block_lens, *(n + 1 for n in lookaheads)}
-        curve = cost_curve(
+        block_lens = {1, *protocol.cost_block_lens, *(n + 1 for n in lookaheads)}
+        timer = ForwardTimer(
             model,
             sorted(block_lens),
             context=context,
-            capacity=capacity + max(protocol.sweep_lookaheads),
-            repeats=max(5, protocol.repeats * 5),
-        )
-        forward_s = forward_seconds(
-            model, block_len=1, context=context, capacity=capacity, repeats=20
+            capacity=capacity + max(lookaheads),
         )
         records = [
             record
             for temperature in protocol.temperatures
-            for record in measure_temperature(model, prompts, protocol, temperature)
+            for record in measure_temperature(model, prompts, protocol, temperature, timer)
         ]
+        curve = timer.relative_cost()
+        forward_s = timer.seconds()[1]
         ar = [r for r in records if r["method"] == "ar"]
         ar_per_token = statistics.median(r["seconds_per_sequence"] for r in ar)
         ar_per_token /= protocol.max_new_tokens
