@@ -61,7 +61,7 @@ class LoopOptions:
     def choose(self, keys: jax.Array, logits: jax.Array, consts: LoopConstants) -> jax.Array:
         """One token per position of logits [B, ..., V]: argmax if greedy, else sampled."""
         if self.greedy:
-            return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+            return sampling.argmax(logits)
         return sampling.sample(keys, self.probabilities(logits, consts))
 
 
@@ -131,31 +131,28 @@ def pass_step(
     state = _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active, c)
 
     # Verify call: [t_n, d_1 .. d_L] -> accept a prefix of drafts, then a replacement or bonus.
-    def verify(state: DecodeState) -> DecodeState:
-        still = active & ~state.done
-        inputs = jnp.concatenate([state.pending[:, None], drafts], axis=1)  # [B, L+1]
-        logits, cache = model(inputs, cache=state.cache)  # [B, L+1, V]
-        if opts.greedy:
-            accepted, last = speculative.verify_greedy(logits, drafts)
-        else:
-            target_probs = opts.probabilities(logits, c)
-            accepted, last = speculative.verify_sampled(
-                verify_keys, target_probs, draft_probs, drafts
-            )
-        position = jnp.arange(num_la, dtype=jnp.int32)[None, :]  # [1, L]
-        window = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)  # [B, L+1]
-        window = window.at[jnp.arange(batch), accepted].set(last)
-        state = state.replace(
-            cache=cache.commit(jnp.where(still, accepted + 1, 0)),
-            pending=jnp.where(still, last, state.pending),
-            row_calls=state.row_calls + still,
-            calls=state.calls + 1,
-            reached=state.reached + (still[:, None] & (position <= accepted[:, None])),
-            accepted=state.accepted + (still[:, None] & (position < accepted[:, None])),
-        )
-        return _emit(state, window, accepted + 1, still, c)
-
-    return jax.lax.cond(jnp.all(state.done), lambda s: s, verify, state)
+    # It runs even when t_n finished every row (and then commits nothing): skipping it with a
+    # `lax.cond` would make XLA copy the whole cache on every iteration.
+    still = active & ~state.done
+    inputs = jnp.concatenate([state.pending[:, None], drafts], axis=1)  # [B, L+1]
+    logits, cache = model(inputs, cache=state.cache)  # [B, L+1, V]
+    if opts.greedy:
+        accepted, last = speculative.verify_greedy(logits, drafts)
+    else:
+        target_probs = opts.probabilities(logits, c)
+        accepted, last = speculative.verify_sampled(verify_keys, target_probs, draft_probs, drafts)
+    position = jnp.arange(num_la, dtype=jnp.int32)[None, :]  # [1, L]
+    window = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)  # [B, L+1]
+    window = window.at[jnp.arange(batch), accepted].set(last)
+    state = state.replace(
+        cache=cache.commit(jnp.where(still, accepted + 1, 0)),
+        pending=jnp.where(still, last, state.pending),
+        row_calls=state.row_calls + still,
+        calls=state.calls + 1,
+        reached=state.reached + (still[:, None] & (position <= accepted[:, None])),
+        accepted=state.accepted + (still[:, None] & (position < accepted[:, None])),
+    )
+    return _emit(state, window, accepted + 1, still, c)
 
 
 STEPS: dict[str, Callable[..., DecodeState]] = {"ar": ar_step, "pass": pass_step}

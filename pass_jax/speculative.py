@@ -15,7 +15,7 @@ def verify_greedy(target_logits: jax.Array, drafts: jax.Array) -> tuple[jax.Arra
     drafts [B, L]. Returns (accepted [B], next_token [B]): the number of leading drafts equal to
     the target's argmax, and the argmax at the first mismatch (or after the last draft).
     """
-    target = jnp.argmax(target_logits, axis=-1).astype(jnp.int32)  # [B, L+1]
+    target = sampling.argmax(target_logits)  # [B, L+1]
     accepted = _leading_true(drafts == target[:, :-1])
     next_token = jnp.take_along_axis(target, accepted[:, None], axis=1)[:, 0]
     return accepted, next_token

@@ -61,6 +61,18 @@ def test_sampler_draws_the_given_distribution_and_never_a_zero_probability_token
     assert np.mean(pairs[:, 0] == pairs[:, 1]) < 0.5
 
 
+def test_argmax_and_cumsum_match_numpy_including_ties_and_odd_sizes():
+    rng = np.random.default_rng(0)
+    for size in (1, 63, 64, 65, 4096, 5003):
+        ties = rng.integers(0, 4, (3, 2, size)).astype(np.float32)  # many tied maxima
+        np.testing.assert_array_equal(sampling.argmax(jnp.asarray(ties)), np.argmax(ties, -1))
+        probs = rng.dirichlet(np.ones(size), (3, 2)).astype(np.float32)
+        np.testing.assert_allclose(
+            sampling.cumsum(jnp.asarray(probs)), np.cumsum(probs, -1), rtol=1e-5, atol=1e-6
+        )
+    assert sampling.argmax(jnp.zeros((2, 7))).dtype == jnp.int32
+
+
 def test_top_k_samples_only_the_k_most_likely_tokens():
     model = tiny_model(2)
     prompts = [[3, 1, 4], [1, 5, 9, 2]]
