@@ -7,9 +7,10 @@ removes that shift (self-distillation; the base stays frozen and decoding stays 
 
 Each sequence is the first `prompt_len` tokens of a training sequence followed by the model's
 continuation (greedy at temperature 0, else sampled with top-k), decoded with `generate` to
-exactly the training sequence length (no EOS stop). The corpus is a function of the model, the
-prompts and the seed; it is cached in the workdir (`generations/`) so that a resumed stage
-trains on the same sequences.
+exactly the training sequence length (no EOS stop). The corpus is a function of the base
+weights, the prompts and the settings; it is cached in the workdir (`generations/`), keyed by
+all three, so that a resumed stage trains on the same sequences and a retrained base gets a
+new corpus.
 """
 
 from __future__ import annotations
@@ -19,8 +20,10 @@ import json
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 
+from pass_jax.checkpoint import split_params
 from pass_jax.data import save_array
 from pass_jax.decode import generate
 from pass_jax.model import Transformer
@@ -57,10 +60,14 @@ def generate_corpus(
     return np.concatenate(rows).astype(np.int32)
 
 
-def corpus_key(prompts: np.ndarray, **settings) -> str:
-    """Names a corpus by its prompts and generation settings (the model is the stage's)."""
+def corpus_key(model: Transformer, prompts: np.ndarray, **settings) -> str:
+    """Names a corpus by the model's base weights (not its lookahead table, which generation
+    does not read and the stage trains), the prompts and the generation settings."""
     digest = hashlib.sha1(np.ascontiguousarray(prompts).tobytes())
     digest.update(json.dumps(settings, sort_keys=True).encode())
+    for path, leaf in jax.tree.leaves_with_path(split_params(model)["params"]):
+        digest.update(jax.tree_util.keystr(path).encode())
+        digest.update(np.ascontiguousarray(leaf).tobytes())
     return digest.hexdigest()
 
 
@@ -80,7 +87,7 @@ def load_or_generate(
       (int32 [N, seq_len] sequences, the corpus key).
     """
     settings = dict(seq_len=seq_len, temperature=temperature, top_k=top_k, seed=seed)
-    key = corpus_key(prompts, **settings)
+    key = corpus_key(model, prompts, **settings)
     path = directory / CORPUS_FILENAME
     key_path = directory / (CORPUS_FILENAME + ".key")
     if path.is_file() and key_path.is_file() and key_path.read_text() == key:

@@ -107,6 +107,7 @@ class HeldOut:
 
     batches: list[np.ndarray]  # each [B, T] int32
     prompts: list[list[int]]
+    bytes_per_token: float = 0.0  # UTF-8 bytes of the batches' text per token (0: no batches)
 
     @classmethod
     def build(cls, exp: ExperimentConfig, tokenizer: Tokenizer) -> HeldOut:
@@ -116,6 +117,10 @@ class HeldOut:
         if exp.eval.loss_batches:
             iterator = data.make_iterator(config, tokenizer)
             held_out.batches = list(itertools.islice(iterator, exp.eval.loss_batches))
+            num_bytes = sum(
+                len(tokenizer.decode(row.tolist()).encode()) for b in held_out.batches for row in b
+            )
+            held_out.bytes_per_token = num_bytes / sum(b.size for b in held_out.batches)
         if exp.eval.num_prompts:
             held_out.prompts = data.sample_prompts(
                 data.make_source(config),
@@ -153,6 +158,9 @@ def evaluate(model: Transformer, trainer: Trainer, exp: ExperimentConfig, held_o
     if held_out.batches:
         k = exp.eval.num_insertions
         results.update(trainer.evaluate(held_out.batches, num_insertions=k, seed=exp.seed))
+        # Per byte: comparable across tokenizers.
+        results["lm_loss_per_byte"] = results["lm_loss"] / held_out.bytes_per_token
+        results["bytes_per_token"] = held_out.bytes_per_token
     if model.has_lookahead and held_out.prompts:
         for method in ("pass", "pass_unk"):
             measured = measure_acceptance(
@@ -165,7 +173,10 @@ def evaluate(model: Transformer, trainer: Trainer, exp: ExperimentConfig, held_o
 def _format_eval(stage: str, results: dict[str, Any]) -> str:
     lines = []
     if "lm_loss" in results:
-        lines.append(f"[{stage}] held-out lm_loss {results['lm_loss']:.4f}")
+        lines.append(
+            f"[{stage}] held-out lm_loss {results['lm_loss']:.4f} nats/token "
+            f"({results['lm_loss_per_byte']:.4f} nats/byte)"
+        )
     if "la_ce" in results:
         lines[0] += f"  la_ce {results['la_ce']:.4f}  la_kl {results['la_kl']:.4f}"
         match = " ".join(f"{x:.3f}" for x in results["la_match"])

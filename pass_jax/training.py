@@ -139,6 +139,7 @@ class Trainer:
         self.optimizer = make_optimizer(model, stage)
         self._key = jax.random.key(seed)
         self._state: nnx.State | None = None  # set while training; the objects are stale then
+        self._steps_taken = 0  # the step counter on the host while training (no device sync)
         self._shardings: nnx.State | None = None
         replicated = None
         if mesh is not None:
@@ -156,8 +157,7 @@ class Trainer:
     @property
     def step(self) -> int:
         """Optimizer steps taken in this stage."""
-        step = self.optimizer.step if self._state is None else self._state[1]["step"]
-        return int(step[...])
+        return int(self.optimizer.step[...]) if self._state is None else self._steps_taken
 
     def _global(self, batch: np.ndarray) -> jax.Array:
         """This process's rows [B_local, T] as the global batch (on the mesh, if any)."""
@@ -167,6 +167,7 @@ class Trainer:
         """One update on batch [B, T] (on several processes: this process's rows of it); returns
         the step's metrics (device arrays, replicated)."""
         if self._state is None:
+            self._steps_taken = self.step
             self._state = _committed(nnx.state((self.model, self.optimizer)), self._shardings)
         batch = self._global(batch)
         if self._train is None:
@@ -175,6 +176,7 @@ class Trainer:
             self._train = train_step_program(graphdef, self.stage, self._num_lookahead, *shardings)
         with jax.set_mesh(self.mesh):
             self._state, metrics = self._train(self._state, batch, self._key)
+        self._steps_taken += 1
         return metrics
 
     def sync(self) -> None:

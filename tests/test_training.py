@@ -183,6 +183,23 @@ def test_generated_corpus_is_the_models_own_greedy_continuation():
         assert row[5:].tolist() == greedy_reference(model, prompt.tolist(), 7)
 
 
+def test_generated_corpus_cache_follows_the_base_weights_not_the_table(tmp_path):
+    model = _model()
+    prompts = _batch(seed=4, batch_size=2)[:, :5]
+    settings = dict(seq_len=10, temperature=0.0, top_k=0, seed=0)
+    first, key = generations.load_or_generate(tmp_path, model, prompts, **settings)
+
+    model.lookahead[...] = model.lookahead[...] + 1.0  # the stage trains the table: same corpus
+    again, same_key = generations.load_or_generate(tmp_path, model, prompts, **settings)
+    assert same_key == key
+    np.testing.assert_array_equal(again, first)
+
+    model.lm_head[...] = model.lm_head[...] * 2.0  # a retrained base: a new corpus
+    _, new_key = generations.load_or_generate(tmp_path, model, prompts, **settings)
+    assert new_key != key
+    assert (tmp_path / (generations.CORPUS_FILENAME + ".key")).read_text() == new_key
+
+
 def test_distill_stage_trains_the_table_on_the_models_generations_and_resumes(tmp_path):
     base_stage = _stage("base", steps=2, warmup_steps=1)
     distill = _stage("distill", steps=3, generations=5, generation_prompt_len=8)
