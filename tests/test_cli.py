@@ -51,9 +51,13 @@ TINY_OVERRIDES = {
 }
 
 
-def _script(name: str, *args: str) -> subprocess.CompletedProcess:
-    command = [sys.executable, str(ROOT / name), "--config", str(ROOT / "configs/tiny.py"), *args]
+def _run(entry: list[str], *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, *entry, "--config", str(ROOT / "configs/tiny.py"), *args]
     return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+
+def _script(name: str, *args: str) -> subprocess.CompletedProcess:
+    return _run([str(ROOT / name)], *args)
 
 
 def _overrides() -> list[str]:
@@ -67,6 +71,12 @@ def test_train_then_decode_compare(tmp_path):
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     evaluated = [r["stage"] for r in records if r["event"] == "eval"]
     assert evaluated == ["base", "lookahead", "joint"]
+    for record in (r for r in records if r["event"] == "eval"):
+        assert 1.0 < record["bytes_per_token"] < 8.0  # BPE pieces of code
+        assert record["lm_loss_per_byte"] == pytest.approx(
+            record["lm_loss"] / record["bytes_per_token"]
+        )
+    assert "nats/byte" in trained.stdout
     assert {"loss", "tokens_per_s", "lr"} <= set(records[0])
 
     decoded = _script(
@@ -81,6 +91,26 @@ def test_train_then_decode_compare(tmp_path):
     assert "tau" in decoded.stdout
     assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
     assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
+
+
+def test_bench_trains_then_measures_in_one_command(tmp_path):
+    """`--train` runs the config's stages first, then the quick protocol on their checkpoints."""
+    result = _run(
+        ["-m", "pass_jax.bench"],
+        f"--workdir={tmp_path}",
+        "--train",
+        "--quick",
+        "--stages=lookahead",
+        "--config.stages=base,lookahead",
+        *_overrides(),
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in records if r["event"] == "eval"] == ["base", "lookahead"]
+    results = json.loads((tmp_path / "bench" / "results.json").read_text())
+    (model,) = results["models"].values()
+    assert {r["method"] for r in model["records"]} == {"ar", "pass_unk", "pass"}
+    assert all(r["tau"] >= 1.0 for r in model["records"])
 
 
 def test_unknown_config_override_is_a_clear_error(tmp_path):
@@ -105,7 +135,7 @@ def test_misspelt_config_file_key_is_a_clear_error(section, key, message):
         ExperimentConfig.from_config(config)
 
 
-@pytest.mark.parametrize("name", ["tiny.py", "small.py", "7b.py"])
+@pytest.mark.parametrize("name", ["tiny.py", "small.py", "gpu_100m.py", "7b.py"])
 def test_config_files_check_and_type_their_overrides(name):
     """Every shipped config passes the checks, and an override of a key that defaults to None
     is type-checked by its placeholder (a string where an int belongs is refused)."""

@@ -2,6 +2,10 @@
 
     python -m pass_jax.bench --config configs/small.py --workdir /tmp/small_run
     python -m pass_jax.bench --config configs/tiny.py --workdir /tmp/tiny_run --quick
+    python -m pass_jax.bench --config configs/gpu_100m.py --workdir /tmp/gpu --train
+
+With `--train`, the config's stages are trained first (resumed, or skipped when finished), as
+`train.py` would: training and benchmark in one command.
 
 Each stage's checkpoint is a model (`lookahead`: the paper's recipe, frozen base; `joint`: the
 lookahead-aware variant, whose base changed too, so its AR baseline is its own). Prompts are the
@@ -12,6 +16,7 @@ results.md and PNG plots to `--out` (default: WORKDIR/bench) and prints the Mark
 from __future__ import annotations
 
 import dataclasses
+import sys
 from pathlib import Path
 
 from absl import app, flags
@@ -25,6 +30,7 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, checkpoints).")
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/bench).")
 _STAGES = flags.DEFINE_list("stages", ["lookahead", "joint"], "Stages whose checkpoints to run.")
+_TRAIN = flags.DEFINE_bool("train", False, "Train the config's stages first (as train.py).")
 _QUICK = flags.DEFINE_bool("quick", False, "About a minute: 2 prompts, 32 tokens, 1 repeat.")
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Held-out prompts (the paper: 200).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Tokens per prompt.")
@@ -46,6 +52,10 @@ def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     exp = ExperimentConfig.from_config(_CONFIG.value)
+    if _TRAIN.value:
+        status = cli.train_main(_CONFIG.value, _WORKDIR.value)
+        if status:
+            sys.exit(status)
     tokenizer = cli.load_tokenizer(exp, _WORKDIR.value)
     models = {
         f"{stage}: {STAGE_LABELS.get(stage, stage)}": cli.load_model(
@@ -89,4 +99,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser)
