@@ -89,14 +89,14 @@ def sample(keys: jax.Array, probs: jax.Array) -> jax.Array:
 
 def argmax(x: jax.Array) -> jax.Array:
     """Index of the first maximum along the last axis, int32: `jnp.argmax` as two plain
-    reductions, which XLA:CPU runs about 5x faster than argmax's index-value reduction."""
+    reductions, which XLA:CPU runs faster than argmax's index-value reduction."""
     return _first_index(x == jnp.max(x, axis=-1, keepdims=True))
 
 
 def cumsum(x: jax.Array, block: int = 64) -> jax.Array:
     """Inclusive cumulative sum along the last axis, float32, as two small triangular matmuls
     (within blocks of `block` entries, then across blocks) at full float32 precision. XLA:CPU's
-    `cumsum` is a scan of many small ops, about 4x slower over a vocabulary."""
+    `cumsum` is a scan of many small ops, slower over a vocabulary."""
     size = x.shape[-1]
     num_blocks = -(-size // block)
     x = jnp.pad(x.astype(jnp.float32), [(0, 0)] * (x.ndim - 1) + [(0, num_blocks * block - size)])
