@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import jax
 import jax.numpy as jnp
+import optax
 
 from pass_jax.insertion import LookaheadInputs
 from pass_jax.model import Transformer
@@ -47,17 +48,20 @@ def compute_losses(
         positions=inputs.positions,
         block_mask=inputs.block_mask,
     )  # [B, N, d]
-    text_log_probs = jax.nn.log_softmax(model.logits(hidden[:, :text_len]))  # [B, T-1, V]
-    metrics = {"lm_loss": jnp.mean(_cross_entropy(text_log_probs, inputs.text_targets))}
+    text_logits = model.logits(hidden[:, :text_len])  # [B, T-1, V]
+    # optax's integer-label cross-entropy: its gradient is softmax - one_hot, without the
+    # scatter and transposes that differentiating log_softmax + take_along_axis costs.
+    text_ce = optax.softmax_cross_entropy_with_integer_labels(text_logits, inputs.text_targets)
+    metrics = {"lm_loss": jnp.mean(text_ce)}
     if not has_blocks:
         return metrics
 
     la_logits = model.logits(hidden[:, text_len:]).reshape(batch, num_blocks, num_la, -1)
     la_log_probs = jax.nn.log_softmax(la_logits)  # [B, K, L, V]
-    teacher = jnp.take_along_axis(
-        text_log_probs, inputs.teacher_index.reshape(batch, -1, 1), axis=1
-    ).reshape(la_log_probs.shape)
-    teacher = jax.lax.stop_gradient(teacher)  # [B, K, L, V]
+    teacher_logits = jnp.take_along_axis(
+        jax.lax.stop_gradient(text_logits), inputs.teacher_index.reshape(batch, -1, 1), axis=1
+    ).reshape(la_logits.shape)
+    teacher = jax.nn.log_softmax(teacher_logits)  # [B, K, L, V]
     ce = _cross_entropy(la_log_probs, inputs.targets)  # [B, K, L]
     kl = jnp.sum(jnp.exp(teacher) * (teacher - la_log_probs), axis=-1)  # [B, K, L]
     match = jnp.argmax(la_log_probs, -1) == jnp.argmax(teacher, -1)  # [B, K, L]

@@ -109,6 +109,46 @@ def test_block_mask_matches_each_block_run_alone():
         np.testing.assert_array_equal(inputs.valid[row, k], np.arange(4) < len(targets))
 
 
+def _log_softmax(logits: np.ndarray) -> np.ndarray:
+    logits = logits.astype(np.float64)
+    shifted = logits - logits.max(-1, keepdims=True)
+    return shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+
+
+def test_losses_match_a_numpy_reference():
+    model = _model()
+    batch = jnp.asarray(_batch(2, batch_size=2))
+    points = jnp.asarray(np.array([[0, 11, 29], [5, 17, 26]], np.int32))
+    inputs = build_inputs(batch, points, num_lookahead=4)
+    metrics = jax.jit(compute_losses, static_argnums=2)(model, inputs, "ce")
+    logits = np.asarray(
+        _logits(
+            model,
+            inputs.tokens,
+            lookahead_slots=inputs.lookahead_slots,
+            positions=inputs.positions,
+            block_mask=inputs.block_mask,
+        )
+    )  # [B, N, V]
+    text_len = SEQ_LEN - 1
+    text = _log_softmax(logits[:, :text_len])  # [B, T-1, V]
+    targets = np.asarray(inputs.text_targets)
+    lm = -np.take_along_axis(text, targets[..., None], -1).mean()
+    draft = _log_softmax(logits[:, text_len:]).reshape(2, 3, 4, -1)  # [B, K, L, V]
+    teacher = np.take_along_axis(
+        text, np.asarray(inputs.teacher_index).reshape(2, -1, 1), axis=1
+    ).reshape(draft.shape)
+    valid = np.asarray(inputs.valid)
+    ce = -np.take_along_axis(draft, np.asarray(inputs.targets)[..., None], -1)[..., 0]
+    kl = (np.exp(teacher) * (teacher - draft)).sum(-1)
+    match = draft.argmax(-1) == teacher.argmax(-1)
+    np.testing.assert_allclose(metrics["lm_loss"], lm, rtol=1e-5)
+    np.testing.assert_allclose(metrics["la_ce"], ce[valid].mean(), rtol=1e-5)
+    np.testing.assert_allclose(metrics["la_kl"], kl[valid].mean(), rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(metrics["la_match"], (match * valid).sum((0, 1)) / valid.sum((0, 1)))
+    assert metrics["la_loss"] == metrics["la_ce"]
+
+
 @pytest.mark.parametrize("name", ["base", "lookahead", "distill", "joint"])
 def test_one_step_lowers_the_loss(name):
     model, batch, stage = _model(), _batch(), _stage(name)
