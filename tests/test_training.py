@@ -56,6 +56,17 @@ def _logits(model, tokens, **inputs):
     return model(tokens, **inputs)
 
 
+def _layout_logits(model: Transformer, inputs) -> jax.Array:
+    """Logits [B, N, V] of the text + lookahead-block layout."""
+    return _logits(
+        model,
+        inputs.tokens,
+        lookahead_slots=inputs.lookahead_slots,
+        positions=inputs.positions,
+        block_mask=inputs.block_mask,
+    )
+
+
 @nnx.jit
 def _losses(model: Transformer, batch: jax.Array) -> dict[str, jax.Array]:
     points = sample_insertion_points(jax.random.key(7), batch.shape[0], SEQ_LEN, 3)
@@ -81,13 +92,7 @@ def test_block_mask_matches_each_block_run_alone():
     batch = jnp.asarray(_batch(1, batch_size=2))
     points = np.array([[0, 7, 29], [13, 2, 20]], np.int32)  # 29 = T-3: one valid target
     inputs = build_inputs(batch, jnp.asarray(points), num_lookahead=4)
-    logits = _logits(
-        model,
-        inputs.tokens,
-        lookahead_slots=inputs.lookahead_slots,
-        positions=inputs.positions,
-        block_mask=inputs.block_mask,
-    )  # [B, N, V]
+    logits = _layout_logits(model, inputs)  # [B, N, V]
     text_len = SEQ_LEN - 1
     np.testing.assert_allclose(logits[:, :text_len], _logits(model, batch[:, :text_len]), atol=1e-5)
 
@@ -121,15 +126,7 @@ def test_losses_match_a_numpy_reference():
     points = jnp.asarray(np.array([[0, 11, 29], [5, 17, 26]], np.int32))
     inputs = build_inputs(batch, points, num_lookahead=4)
     metrics = jax.jit(compute_losses, static_argnums=2)(model, inputs, "ce")
-    logits = np.asarray(
-        _logits(
-            model,
-            inputs.tokens,
-            lookahead_slots=inputs.lookahead_slots,
-            positions=inputs.positions,
-            block_mask=inputs.block_mask,
-        )
-    )  # [B, N, V]
+    logits = np.asarray(_layout_logits(model, inputs))  # [B, N, V]
     text_len = SEQ_LEN - 1
     text = _log_softmax(logits[:, :text_len])  # [B, T-1, V]
     targets = np.asarray(inputs.text_targets)
