@@ -4,7 +4,8 @@ A language-model base, then three lookahead tables (L_max = 8), kept side by sid
 benchmark (BENCHMARKS.md):
 
 - `lookahead`: the paper's recipe, base frozen, table only;
-- `distill`: base frozen, table only, trained on 512 of the model's own greedy continuations;
+- `distill`: base frozen, table only, distilled (KL) from 512 of the model's own continuations
+  sampled at the serving temperature (T = 0.8);
 - `joint`: the lookahead-aware variant, a short fine-tune of base + table (from the `distill`
   table) on LM loss + lookahead loss (changes the base; decoding stays lossless).
 
@@ -12,11 +13,13 @@ benchmark (BENCHMARKS.md):
     python -m pass_jax.bench --config configs/small.py --workdir /tmp/small_run \
         --stages lookahead,distill,joint
 
-Sizing: on an idle 2-core machine this model trains at 1,250-1,400 tokens/s (8 x 256 tokens a
+Sizing: on an idle 2-core machine this model trains at 1,350-1,450 tokens/s (8 x 256 tokens a
 step), against ~840 for a 17M model with a 8,192 vocabulary. At a fixed hour, tokens seen
-matter more than width here (the models are data-limited), so 10M parameters and a 4,096
-vocabulary. Measured: 1,700 base steps (3.5M tokens) in 51 min, held-out loss 4.425 nats/token;
-then 2 + 5 (2.3 of them generating) + 5 min for the three tables.
+matter more than width here, so 10M parameters and a 4,096 vocabulary (a 1,024 vocabulary
+reached a lower loss per token but a worse one per byte in an equal-time probe). Measured:
+2,100 base steps (4.3M tokens) in 60 min, 12 of them beside the test suite (about 51 min
+idle); held-out loss 4.279 nats/token, 1.221 nats/byte; then 2 + 5 (2.7 of them generating)
++ 5 min for the three tables.
 """
 
 import ml_collections
