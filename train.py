@@ -2,6 +2,7 @@
 
 python train.py --config configs/tiny.py --workdir /tmp/tiny_run [--config.base.steps=100]
 python train.py --config configs/7b.py --workdir /tmp/x --dry_run   # compile and size only
+python train.py --config configs/tiny.py --workdir /tmp/tiny_run --reevaluate  # finished stages
 
 On several hosts, run the same command on every host with `--distributed` (see README.md,
 "Running on TPU and GPU").
@@ -28,6 +29,12 @@ _DISTRIBUTED = flags.DEFINE_bool(
     "Multi-host: call jax.distributed.initialize() first (automatic when the environment names "
     "a multi-process job; see pass_jax/distributed.py).",
 )
+_REEVALUATE = flags.DEFINE_bool(
+    "reevaluate",
+    False,
+    "Evaluate stages that are already finished again (held-out losses and acceptance, e.g. "
+    "after changing config.eval) instead of skipping them; unfinished stages train as usual.",
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 
@@ -39,6 +46,7 @@ def main(argv: list[str]) -> None:
         _WORKDIR.value,
         dry_run=_DRY_RUN.value,
         multi_host=_DISTRIBUTED.value,
+        reevaluate=_REEVALUATE.value,
     )
     sys.exit(status)
 

@@ -40,6 +40,6 @@ def get_config() -> ml_collections.ConfigDict:
     config.lookahead.update(steps=10_000, warmup_steps=2_000)
     # init_from: the converted base checkpoint (`python -m pass_jax.convert`).
     config.train.update(log_every=50, checkpoint_every=500)
-    config.eval.update(split="train[99%:]", loss_batches=16, num_prompts=32, prompt_len=128)
+    config.eval.update(split="train[99%:]", loss_sequences=128, num_prompts=32, prompt_len=128)
     config.decode.update(num_lookahead=4, batch_size=8, prompt_len=512, max_new_tokens=512)
     return config

@@ -70,12 +70,14 @@ def train_main(
     *,
     dry_run: bool = False,
     multi_host: bool = False,
+    reevaluate: bool = False,
 ) -> int:
     """Runs the experiment; returns the exit status (128 + signal number when interrupted).
 
     Starts the distributed runtime first when `multi_host` or the environment asks for it
     (`distributed.initialize`). `dry_run` compiles and sizes the programs instead
     (`pass_jax.dry_run`; fake CPU devices when there is no accelerator) and trains nothing.
+    `reevaluate` evaluates finished stages again instead of skipping them.
     """
     if dry_run:
         use_fake_cpu_devices()
@@ -85,7 +87,7 @@ def train_main(
         distributed.main_print(format_dry_run(exp))
         return 0
     try:
-        run(exp, workdir)
+        run(exp, workdir, reevaluate=reevaluate)
     except TrainingInterrupted as e:
         distributed.main_print(
             f"interrupted ({e}); checkpoint saved, rerun the same command to resume"

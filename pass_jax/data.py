@@ -698,6 +698,38 @@ def iterate_tokens(tokens: np.ndarray, stream_key: str, config: DataConfig) -> B
     return BatchIterator(dataset, fingerprint=fingerprint)
 
 
+def spread_batches(
+    tokens: np.ndarray,
+    *,
+    seq_len: int,
+    num_sequences: int,
+    batch_size: int,
+    shard_index: int | None = None,
+    shard_count: int | None = None,
+) -> list[np.ndarray]:
+    """An evaluation set: `num_sequences` packed windows spread evenly over a token stream [N].
+
+    The set samples the whole split rather than its first documents, and depends only on the
+    stream and `num_sequences`: shard `i` of `n` takes every n-th window, in int32
+    [batch_size, seq_len] batches (`batch_size` per shard).
+    """
+    shard_index, shard_count = _resolve_shard(shard_index, shard_count)
+    if num_sequences < 1 or num_sequences % (batch_size * shard_count):
+        raise ValueError(
+            f"num_sequences={num_sequences} must be a positive multiple of batch_size * shards "
+            f"= {batch_size} * {shard_count}"
+        )
+    seqs = PackedSequences(tokens, seq_len)
+    if len(seqs) < num_sequences:
+        raise ValueError(
+            f"{tokens.shape[0]} tokens make {len(seqs)} sequences of length {seq_len}, fewer "
+            f"than the {num_sequences} asked for"
+        )
+    chosen = np.linspace(0, len(seqs) - 1, num_sequences).round().astype(int)
+    rows = np.stack([seqs[int(i)] for i in chosen[shard_index::shard_count]])  # [S / n, T]
+    return list(rows.reshape(-1, batch_size, seq_len))
+
+
 # ----------------------------------------------------------------------------------------------
 # Evaluation prompts
 

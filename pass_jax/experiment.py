@@ -136,15 +136,17 @@ class TrainConfig:
 class EvalConfig:
     """Held-out evaluation after each stage.
 
-    `loss_batches` batches of the `split` give the held-out LM and lookahead losses; greedy PaSS
-    decoding of `num_prompts` prompts (the first `prompt_len` tokens of held-out documents) for
-    `max_new_tokens` tokens gives the acceptance rate per lookahead position. The held-out
-    lookahead losses use `num_insertions` blocks per sequence at fixed insertion points.
-    `loss_batches=0` / `num_prompts=0` skip the losses / the acceptance measurement.
+    `loss_sequences` packed sequences spread evenly over the `split` (a multiple of
+    `data.batch_size`, the same set for any batch size) give the held-out LM and lookahead
+    losses; greedy PaSS decoding of `num_prompts` prompts (the first `prompt_len` tokens of
+    held-out documents) for `max_new_tokens` tokens gives the acceptance rate per lookahead
+    position. The held-out lookahead losses use `num_insertions` blocks per sequence at fixed
+    insertion points. `loss_sequences=0` / `num_prompts=0` skip the losses / the acceptance
+    measurement.
     """
 
     split: str = "validation"
-    loss_batches: int = 8
+    loss_sequences: int = 64
     num_insertions: int = 8
     num_prompts: int = 16
     prompt_len: int = 32
@@ -191,6 +193,14 @@ class ExperimentConfig:
     eval: EvalConfig
     mesh: MeshConfig = MeshConfig()
     decode: DecodeConfig = DecodeConfig()
+
+    def __post_init__(self) -> None:
+        sequences, batch = self.eval.loss_sequences, self.data.batch_size
+        if sequences < 0 or sequences % batch:
+            raise ValueError(
+                f"config.eval.loss_sequences={sequences} must be a multiple of "
+                f"config.data.batch_size={batch} (or 0: no held-out losses)"
+            )
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> ExperimentConfig:

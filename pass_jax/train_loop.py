@@ -114,9 +114,16 @@ class HeldOut:
         config = host_data(exp.data)
         config = dataclasses.replace(config, split=exp.eval.split, shuffle=False, num_epochs=1)
         held_out = cls(batches=[], prompts=[])
-        if exp.eval.loss_batches:
-            iterator = data.make_iterator(config, tokenizer)
-            held_out.batches = list(itertools.islice(iterator, exp.eval.loss_batches))
+        if exp.eval.loss_sequences:
+            tokens, _ = data.load_token_stream(config, tokenizer)
+            held_out.batches = data.spread_batches(
+                tokens,
+                seq_len=config.seq_len,
+                num_sequences=exp.eval.loss_sequences,
+                batch_size=config.batch_size,
+                shard_index=config.shard_index,
+                shard_count=config.shard_count,
+            )
             num_bytes = sum(
                 len(tokenizer.decode(row.tolist()).encode()) for b in held_out.batches for row in b
             )
@@ -315,8 +322,14 @@ class StageRunner:
         self.store.close()
 
 
-def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]:
-    """Runs (or resumes) every stage of `exp` in `workdir`; returns each trained stage's results."""
+def run(
+    exp: ExperimentConfig, workdir: str | Path, *, reevaluate: bool = False
+) -> dict[str, dict[str, Any]]:
+    """Runs (or resumes) every stage of `exp` in `workdir`; returns each evaluated stage's results.
+
+    A finished stage is skipped, or with `reevaluate` evaluated again (e.g. after a change to
+    `exp.eval`) without training.
+    """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(exp, workdir)
@@ -338,16 +351,19 @@ def run(exp: ExperimentConfig, workdir: str | Path) -> dict[str, dict[str, Any]]
                 resumed = runner.restore()
                 if resumed:
                     distributed.main_print(f"[{stage.name}] resumed at step {runner.trainer.step}")
-                if runner.trainer.step >= stage.steps:
-                    distributed.main_print(
-                        f"[{stage.name}] already finished ({stage.steps} steps): skipped"
-                    )
-                    table_trained = table_trained or stage.trains_table
-                    continue
-                if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
-                    reset_lookahead_to_unk(model)
                 start = time.perf_counter()
-                runner.train()
+                if runner.trainer.step >= stage.steps:
+                    action = "evaluating again" if reevaluate else "skipped"
+                    distributed.main_print(
+                        f"[{stage.name}] already finished ({stage.steps} steps): {action}"
+                    )
+                    if not reevaluate:
+                        table_trained = table_trained or stage.trains_table
+                        continue
+                else:
+                    if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
+                        reset_lookahead_to_unk(model)
+                    runner.train()
             table_trained = table_trained or stage.trains_table
             result = evaluate(model, runner.trainer, exp, held_out)
             result.update(train_s=runner.train_s, wall_s=time.perf_counter() - start)

@@ -43,7 +43,7 @@ TINY_OVERRIDES = {
     "lookahead.warmup_steps": 1,
     "joint.steps": 2,
     "joint.warmup_steps": 1,
-    "eval.loss_batches": 1,
+    "eval.loss_sequences": 2,
     "eval.num_prompts": 1,
     "eval.prompt_len": 8,
     "eval.max_new_tokens": 8,
@@ -92,6 +92,17 @@ def test_train_then_decode_compare(tmp_path):
     assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
     assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
 
+    again = _script("train.py", f"--workdir={tmp_path}", "--reevaluate", *_overrides())
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[joint] already finished (2 steps): evaluating again" in again.stdout
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    new_records = [json.loads(line) for line in lines[len(records) :]]
+    assert [r["event"] for r in new_records] == ["eval"] * 3  # nothing trained
+    evals = [r for r in records if r["event"] == "eval"]
+    for first, second in zip(evals, new_records, strict=True):
+        assert second["stage"] == first["stage"]  # each stage on its own checkpoint
+        assert second["lm_loss"] == pytest.approx(first["lm_loss"], rel=1e-6)
+
 
 def test_bench_trains_then_measures_in_one_command(tmp_path):
     """`--train` runs the config's stages first, then the quick protocol on their checkpoints."""
@@ -132,6 +143,13 @@ def test_misspelt_config_file_key_is_a_clear_error(section, key, message):
     config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
     config[section][key] = 1
     with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_config(config)
+
+
+def test_held_out_set_must_fill_whole_batches():
+    config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+    config.eval.loss_sequences = 6  # tiny's batch is 4
+    with pytest.raises(ValueError, match="loss_sequences=6 must be a multiple of"):
         ExperimentConfig.from_config(config)
 
 

@@ -420,6 +420,40 @@ def test_too_small_corpus_is_an_error(tok: Tokenizer) -> None:
         )
 
 
+def test_spread_batches_sample_the_whole_stream_the_same_for_any_batching() -> None:
+    tokens = np.arange(1000, dtype=np.int32)  # 100 windows of 10: window i starts at 10 i
+    spread = data.spread_batches(
+        tokens, seq_len=10, num_sequences=12, batch_size=4, shard_index=0, shard_count=1
+    )
+    assert [b.shape for b in spread] == [(4, 10)] * 3 and spread[0].dtype == np.int32
+    starts = np.concatenate(spread)[:, 0] // 10
+    assert starts[0] == 0 and starts[-1] == 99  # the first and the last window
+    assert np.all(np.diff(starts) >= 8) and np.all(np.diff(starts) <= 10)  # evenly spread
+    one_batch = data.spread_batches(
+        tokens, seq_len=10, num_sequences=12, batch_size=12, shard_index=0, shard_count=1
+    )
+    np.testing.assert_array_equal(np.concatenate(one_batch), np.concatenate(spread))
+    shards = [
+        np.concatenate(
+            data.spread_batches(
+                tokens, seq_len=10, num_sequences=12, batch_size=2, shard_index=i, shard_count=3
+            )
+        )
+        for i in range(3)
+    ]
+    assert sorted(np.concatenate(shards)[:, 0].tolist()) == sorted((starts * 10).tolist())
+
+
+def test_spread_batches_errors() -> None:
+    tokens = np.arange(100, dtype=np.int32)
+    with pytest.raises(ValueError, match="multiple of batch_size"):
+        data.spread_batches(tokens, seq_len=10, num_sequences=6, batch_size=4, shard_count=1,
+                            shard_index=0)  # fmt: skip
+    with pytest.raises(ValueError, match="fewer than the 12"):
+        data.spread_batches(tokens, seq_len=10, num_sequences=12, batch_size=4, shard_count=1,
+                            shard_index=0)  # fmt: skip
+
+
 # ------------------------------------------------------------------------------------ prompts
 
 

@@ -181,7 +181,7 @@ def _experiment(tmp_path, steps: int) -> ExperimentConfig:
         ),
         stages=(_stage("joint", steps=steps, warmup_steps=2),),
         train=TrainConfig(log_every=2, checkpoint_every=100),
-        eval=EvalConfig(loss_batches=0, num_prompts=0),  # test_cli covers the evaluation
+        eval=EvalConfig(loss_sequences=0, num_prompts=0),  # test_cli covers the evaluation
     )
 
 
