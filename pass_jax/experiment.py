@@ -54,6 +54,9 @@ class StageConfig:
     - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
       weights trained (changes the base model; decoding stays lossless).
 
+    `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
+    (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
+    which on `configs/small.py` beat the cross-entropy in held-out loss and acceptance both.
     The learning rate warms up linearly for `warmup_steps`, then follows a cosine to
     `end_lr_ratio * learning_rate`. `num_insertions` lookahead blocks are appended per sequence.
     """
@@ -146,7 +149,7 @@ class EvalConfig:
     """
 
     split: str = "validation"
-    loss_sequences: int = 64
+    loss_sequences: int = 256
     num_insertions: int = 8
     num_prompts: int = 16
     prompt_len: int = 32
@@ -258,7 +261,8 @@ _TABLE_RECIPE = dict(
 )  # fmt: skip
 
 # Stage defaults of `default_config`: language-model pretraining for `base`, the paper's recipe
-# for the frozen-base tables, a lookahead-aware fine-tune for `joint`.
+# for the frozen-base tables, a lookahead-aware fine-tune (distilling the model into its
+# lookahead outputs) for `joint`.
 _STAGE_DEFAULTS = {
     "base": dict(
         steps=1000, learning_rate=3e-3, warmup_steps=50, end_lr_ratio=0.1, weight_decay=0.1,
@@ -268,7 +272,7 @@ _STAGE_DEFAULTS = {
     "distill": _TABLE_RECIPE,
     "joint": dict(
         steps=150, learning_rate=1e-3, warmup_steps=10, end_lr_ratio=0.1, weight_decay=0.1,
-        lookahead_weight=1.0, num_insertions=8,
+        lookahead_weight=1.0, num_insertions=8, lookahead_loss="kl",
     ),
 }  # fmt: skip
 
