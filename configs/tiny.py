@@ -7,9 +7,10 @@ the Python standard library, in at most 15 minutes on 2 CPU cores (float32).
 Stage `joint` starts from the frozen recipe's table and fine-tunes base + table together: its
 held-out loss and acceptance are reported next to the frozen recipe's.
 
-Measured (6.1M parameters, ~2,100 training tokens/s on an otherwise idle machine): with 1000
-base and 150 joint steps the whole run took 12.5 min idle, so these 900 / 120 steps take ~11 min;
-15.3 min when other jobs kept the machine at a load of ~4. Held-out loss 5.57 nats/token.
+Measured (6.1M parameters) on an otherwise idle 2-core machine: the whole run in 11.9 min, 446 s
+of it the 1,000 base steps (about 2,300 training tokens/s). Held-out loss 5.28 nats/token (1.53
+nats/byte), 5.19 after the joint fine-tune, whose greedy draft-1 acceptance is 0.13 against the
+frozen recipe's 0.06.
 """
 
 import ml_collections
@@ -26,9 +27,9 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer.update(vocab_size=4096, max_train_bytes=8_000_000)
     config.data.update(seq_len=256, batch_size=4)
     config.stages = "base,lookahead,joint"
-    config.base.update(steps=900)
+    config.base.update(steps=1000)
     config.lookahead.update(steps=100)  # the paper's recipe: base frozen, table only
-    config.joint.update(steps=120, warmup_steps=12)  # lookahead-aware: LM + lookahead loss
+    config.joint.update(steps=300, warmup_steps=20)  # lookahead-aware: LM + KL to the model
     config.train.update(checkpoint_every=250)
     config.eval.update(num_prompts=32)
     return config
