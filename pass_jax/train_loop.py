@@ -352,19 +352,19 @@ def run(
                 if resumed:
                     distributed.main_print(f"[{stage.name}] resumed at step {runner.trainer.step}")
                 start = time.perf_counter()
-                if runner.trainer.step >= stage.steps:
+                finished = runner.trainer.step >= stage.steps
+                if finished:
                     action = "evaluating again" if reevaluate else "skipped"
                     distributed.main_print(
                         f"[{stage.name}] already finished ({stage.steps} steps): {action}"
                     )
-                    if not reevaluate:
-                        table_trained = table_trained or stage.trains_table
-                        continue
                 else:
                     if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
                         reset_lookahead_to_unk(model)
                     runner.train()
             table_trained = table_trained or stage.trains_table
+            if finished and not reevaluate:
+                continue
             result = evaluate(model, runner.trainer, exp, held_out)
             result.update(train_s=runner.train_s, wall_s=time.perf_counter() - start)
             writer.write("eval", stage.name, runner.trainer.step, result)
