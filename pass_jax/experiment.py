@@ -56,7 +56,8 @@ class StageConfig:
 
     `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
     (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
-    which on `configs/small.py` beat the cross-entropy in held-out loss and acceptance both.
+    which on `configs/small.py` beat the cross-entropy in greedy acceptance (0.19 against 0.13)
+    at an equal held-out loss.
     The learning rate warms up linearly for `warmup_steps`, then follows a cosine to
     `end_lr_ratio * learning_rate`. `num_insertions` lookahead blocks are appended per sequence.
     """
