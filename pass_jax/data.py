@@ -698,6 +698,23 @@ def iterate_tokens(tokens: np.ndarray, stream_key: str, config: DataConfig) -> B
     return BatchIterator(dataset, fingerprint=fingerprint)
 
 
+def concat_rows(parts: Sequence[BatchIterator]) -> BatchIterator:
+    """Batch `i` is the rows of every part's batch `i`, stacked in order: int32 [sum B_p, T].
+
+    The parts advance together, so one step restores them all; the fingerprint names every
+    part's stream. The parts must start at step 0.
+    """
+    if not parts or any(p.step for p in parts):
+        raise ValueError("concat_rows needs at least one part, each at step 0")
+    length = min(len(p.dataset) for p in parts)
+    datasets = [p.dataset for p in parts]
+    rows = grain.MapDataset.range(length).map(
+        lambda i: np.concatenate([d[i] for d in datasets], axis=0)
+    )
+    fingerprint = hashlib.sha1(json.dumps([p.fingerprint for p in parts]).encode()).hexdigest()
+    return BatchIterator(rows, fingerprint=fingerprint)
+
+
 def spread_batches(
     tokens: np.ndarray,
     *,

@@ -21,6 +21,7 @@ naming it, raised before anything is built or compiled.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
@@ -52,7 +53,11 @@ class StageConfig:
       else sampled with top-k 10), generated at the start of the stage
       (`pass_jax.generations`): the table learns to draft what the model writes.
     - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
-      weights trained (changes the base model; decoding stays lossless).
+      weights trained (changes the base model; decoding stays lossless). With
+      `generation_share > 0`, that share of each batch's rows are the model's own
+      continuations (generated as for `distill`, from the base the stage starts from): the
+      lookahead loss runs on every row, the LM loss on the corpus rows only, so the base keeps
+      learning the corpus while its lookahead outputs learn to draft what it writes.
 
     `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
     (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
@@ -75,6 +80,7 @@ class StageConfig:
     generations: int = 256
     generation_temperature: float = 0.0
     generation_prompt_len: int = 32
+    generation_share: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in STAGES:
@@ -98,11 +104,25 @@ class StageConfig:
                 f"stage {self.name}: need generations >= 1, generation_prompt_len >= 1 and "
                 "generation_temperature >= 0"
             )
+        if not 0 <= self.generation_share < 1:
+            raise ValueError(
+                f"stage {self.name}: generation_share must be in [0, 1), got "
+                f"{self.generation_share}"
+            )
+        if self.generation_share and self.name != "joint":
+            raise ValueError(
+                f"stage {self.name}: generation_share is a `joint` option (`distill` trains on "
+                "generations alone; `base` and `lookahead` on the corpus)"
+            )
         if self.lookahead_loss not in LOOKAHEAD_LOSSES:
             raise ValueError(
                 f"stage {self.name}: lookahead_loss {self.lookahead_loss!r} is not one of "
                 f"{LOOKAHEAD_LOSSES}"
             )
+
+    def generated_rows(self, batch_size: int) -> int:
+        """How many of a batch's rows (the last ones) are the model's own continuations."""
+        return round(batch_size * self.generation_share)
 
     @property
     def trains_base(self) -> bool:
@@ -205,6 +225,13 @@ class ExperimentConfig:
                 f"config.eval.loss_sequences={sequences} must be a multiple of "
                 f"config.data.batch_size={batch} (or 0: no held-out losses)"
             )
+        for stage in self.stages:
+            rows = batch * stage.generation_share
+            if stage.generation_share and not (rows >= 1 and math.isclose(rows, round(rows))):
+                raise ValueError(
+                    f"config.{stage.name}.generation_share={stage.generation_share} of "
+                    f"config.data.batch_size={batch} rows is not a positive whole number"
+                )
 
     @classmethod
     def from_config(cls, config: ml_collections.ConfigDict | Mapping[str, Any]) -> ExperimentConfig:

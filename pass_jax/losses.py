@@ -28,11 +28,15 @@ def _masked_mean(values: jax.Array, mask: jax.Array, axis=None) -> jax.Array:
 
 
 def compute_losses(
-    model: Transformer, inputs: LookaheadInputs, lookahead_loss: str = "ce"
+    model: Transformer,
+    inputs: LookaheadInputs,
+    lookahead_loss: str = "ce",
+    lm_rows: int | None = None,
 ) -> dict[str, jax.Array]:
     """Losses and metrics of one forward pass over text + lookahead blocks.
 
-    Returns `lm_loss` (mean next-token cross-entropy of the text) and, when the input has
+    Returns `lm_loss` (mean next-token cross-entropy of the text of the first `lm_rows` rows;
+    None: every row) and, when the input has
     lookahead blocks: `la_loss` (the selected lookahead loss), `la_ce`, `la_kl`, and
     `la_match` [L] (how often the draft argmax equals the model's own argmax for the same
     position: teacher-forced greedy agreement, unconditional per row).
@@ -52,7 +56,7 @@ def compute_losses(
     # optax's integer-label cross-entropy: its gradient is softmax - one_hot, without the
     # scatter and transposes that differentiating log_softmax + take_along_axis costs.
     text_ce = optax.softmax_cross_entropy_with_integer_labels(text_logits, inputs.text_targets)
-    metrics = {"lm_loss": jnp.mean(text_ce)}
+    metrics = {"lm_loss": jnp.mean(text_ce[:lm_rows])}
     if not has_blocks:
         return metrics
 

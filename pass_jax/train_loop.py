@@ -4,7 +4,7 @@ Workdir layout:
 
     tokenizer.model              trained here unless `tokenizer.path` names one
     checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.checkpoint`)
-    generations/                 stage `distill`'s corpus of the model's own continuations
+    generations/STAGE/           the model's own continuations (stages distill, joint)
     metrics.jsonl                train / eval / stage records; TensorBoard in tensorboard/
 
 Each stage starts from the latest checkpoint of the stage before it (the first from
@@ -214,25 +214,35 @@ class StageRunner:
     ):
         self.exp, self.stage, self.model, self.writer = exp, exp.stages[index], model, writer
         self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index, mesh=mesh)
-        data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
-        self.iterator = data.make_iterator(data_config, tokenizer)
-        if self.stage.name == "distill":
-            self.iterator = self._generations_iterator(workdir / "generations", data_config)
         self.store = CheckpointStore(
             stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
         )
+        # Built from the weights the stage starts from (its generations depend on them); a
+        # finished stage has none, so it never loads or generates its data again.
+        self.iterator: data.BatchIterator | None = None
+        if (self.store.latest_step or 0) < self.stage.steps:
+            data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
+            self.iterator = self._make_iterator(data_config, tokenizer, workdir / "generations")
         self.train_s = 0.0
 
-    def _generations_iterator(self, directory: Path, config: DataConfig) -> data.BatchIterator:
-        """Batches of the model's continuations of prompts cut from the stage's data."""
-        if jax.process_count() > 1:
-            raise ValueError("stage distill runs on one process (generation is not multi-host)")
+    def _make_iterator(
+        self, config: DataConfig, tokenizer: Tokenizer, generations_dir: Path
+    ) -> data.BatchIterator:
+        """The stage's batches: corpus rows, then (distill, joint with a generation share) the
+        model's continuations of prompts cut from the stage's corpus stream."""
         stage = self.stage
+        corpus = data.make_iterator(config, tokenizer)
+        num_generated = config.batch_size if stage.name == "distill" else 0
+        num_generated = num_generated or stage.generated_rows(config.batch_size)
+        if not num_generated:
+            return corpus
+        if jax.process_count() > 1:
+            raise ValueError(f"stage {stage.name} generates on one process (not multi-host)")
         prompts = []
         while len(prompts) < stage.generations:
-            prompts.extend(next(self.iterator)[:, : stage.generation_prompt_len])
-        corpus, key = generations.load_or_generate(
-            directory,
+            prompts.extend(next(corpus)[:, : stage.generation_prompt_len])
+        generated, key = generations.load_or_generate(
+            generations_dir / stage.name,
             self.model,
             np.stack(prompts[: stage.generations]),
             seq_len=config.seq_len,
@@ -240,7 +250,13 @@ class StageRunner:
             top_k=0 if stage.generation_temperature == 0 else 10,
             seed=config.seed,
         )
-        return data.iterate_tokens(corpus.reshape(-1), key, config)
+        rows = data.iterate_tokens(
+            generated.reshape(-1), key, dataclasses.replace(config, batch_size=num_generated)
+        )
+        if num_generated == config.batch_size:
+            return rows
+        corpus_config = dataclasses.replace(config, batch_size=config.batch_size - num_generated)
+        return data.concat_rows([data.make_iterator(corpus_config, tokenizer), rows])
 
     def _items(self) -> dict[str, Any]:
         """Everything a training checkpoint holds but the metadata, as pure dicts."""
@@ -260,7 +276,8 @@ class StageRunner:
         assign_params(self.model, restored)
         # Process 0's position; its fingerprint checks the stream there, the others follow.
         data_state = meta["data"] if distributed.is_main() else {"step": meta["data"]["step"]}
-        self.iterator.set_state(data_state)
+        if self.iterator is not None:
+            self.iterator.set_state(data_state)
         self.train_s = meta["train_s"]
         return True
 

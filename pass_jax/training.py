@@ -50,8 +50,10 @@ def _train_step(
     num_insertions = stage.num_insertions if stage.trains_table else 0
     inputs = _layout(batch, jax.random.fold_in(key, step), num_insertions, num_lookahead)
 
+    lm_rows = batch.shape[0] - stage.generated_rows(batch.shape[0])
+
     def loss_fn(model: Transformer) -> tuple[jax.Array, dict[str, jax.Array]]:
-        metrics = compute_losses(model, inputs, stage.lookahead_loss)
+        metrics = compute_losses(model, inputs, stage.lookahead_loss, lm_rows)
         loss = stage.lm_weight * metrics["lm_loss"]
         if stage.trains_table:
             loss = loss + stage.lookahead_weight * metrics["la_loss"]

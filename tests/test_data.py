@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import sysconfig
@@ -396,6 +397,30 @@ def test_resume_mid_stream(corpus_dir: Path, tok: Tokenizer) -> None:
         other.set_state(state)
     with pytest.raises(ValueError):
         fresh.set_state({"step": -1})
+
+
+def test_concat_rows_stacks_the_parts_and_resumes_them_together() -> None:
+    stream = np.arange(400, dtype=np.int32)
+    config = data.DataConfig(seq_len=8, batch_size=2, shard_index=0, shard_count=1)
+    one = dataclasses.replace(config, batch_size=1, seed=1)
+
+    def parts() -> list[data.BatchIterator]:
+        return [data.iterate_tokens(stream, "a", config), data.iterate_tokens(-stream, "b", one)]
+
+    mixed = data.concat_rows(parts())
+    expected = [_take(part, 4) for part in parts()]
+    for i, batch in enumerate(_take(mixed, 4)):
+        np.testing.assert_array_equal(batch, np.concatenate([expected[0][i], expected[1][i]]))
+    resumed = data.concat_rows(parts())
+    resumed.set_state(json.loads(json.dumps(mixed.get_state())))
+    np.testing.assert_array_equal(next(resumed), next(mixed))
+    other = data.concat_rows(parts()[::-1])
+    with pytest.raises(ValueError, match="different data stream"):
+        other.set_state(mixed.get_state())
+    started = parts()
+    next(started[0])
+    with pytest.raises(ValueError, match="each at step 0"):
+        data.concat_rows(started)
 
 
 def test_token_cache(corpus_dir: Path, tok: Tokenizer, tmp_path: Path) -> None:

@@ -130,7 +130,12 @@ def test_losses_match_a_numpy_reference():
     text_len = SEQ_LEN - 1
     text = _log_softmax(logits[:, :text_len])  # [B, T-1, V]
     targets = np.asarray(inputs.text_targets)
-    lm = -np.take_along_axis(text, targets[..., None], -1).mean()
+    token_ce = -np.take_along_axis(text, targets[..., None], -1)[..., 0]  # [B, T-1]
+    lm = token_ce.mean()
+
+    def lm_rows(last: int) -> float:
+        return token_ce[: last + 1].mean()
+
     draft = _log_softmax(logits[:, text_len:]).reshape(2, 3, 4, -1)  # [B, K, L, V]
     teacher = np.take_along_axis(
         text, np.asarray(inputs.teacher_index).reshape(2, -1, 1), axis=1
@@ -144,6 +149,10 @@ def test_losses_match_a_numpy_reference():
     np.testing.assert_allclose(metrics["la_kl"], kl[valid].mean(), rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(metrics["la_match"], (match * valid).sum((0, 1)) / valid.sum((0, 1)))
     assert metrics["la_loss"] == metrics["la_ce"]
+
+    first_row = jax.jit(compute_losses, static_argnums=(2, 3))(model, inputs, "kl", 1)
+    np.testing.assert_allclose(first_row["lm_loss"], lm_rows(0), rtol=1e-5)
+    np.testing.assert_allclose(first_row["la_kl"], kl[valid].mean(), rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", ["base", "lookahead", "distill", "joint"])
@@ -243,7 +252,7 @@ def test_distill_stage_trains_the_table_on_the_models_generations_and_resumes(tm
     exp = dataclasses.replace(_experiment(tmp_path, steps=3), stages=(base_stage, distill))
     run(exp, tmp_path / "run")
 
-    corpus_file = tmp_path / "run" / "generations" / generations.CORPUS_FILENAME
+    corpus_file = tmp_path / "run" / "generations" / "distill" / generations.CORPUS_FILENAME
     corpus = np.load(corpus_file)
     assert corpus.shape == (5, SEQ_LEN)
     models = {}
@@ -265,3 +274,51 @@ def test_distill_stage_trains_the_table_on_the_models_generations_and_resumes(tm
     assert corpus_file.stat().st_mtime_ns == written
     meta = load_params(models["distill"], stage_checkpoints(tmp_path / "run", "distill"))
     assert meta["step"] == 4
+    corpus_file.unlink()
+    run(longer, tmp_path / "run", reevaluate=True)  # a finished stage generates nothing
+    assert not corpus_file.exists()
+
+
+def test_joint_with_a_generation_share_trains_on_corpus_and_generated_rows(tmp_path, monkeypatch):
+    base_stage = _stage("base", steps=2, warmup_steps=1)
+    joint = _stage("joint", steps=3, generations=4, generation_prompt_len=8, generation_share=0.5)
+    exp = dataclasses.replace(_experiment(tmp_path, steps=3), stages=(base_stage, joint))
+    steps = []
+    train_step = Trainer.train_step
+    monkeypatch.setattr(
+        Trainer, "train_step", lambda self, batch: steps.append(batch) or train_step(self, batch)
+    )
+    run(exp, tmp_path / "run")
+
+    corpus_file = tmp_path / "run" / "generations" / "joint" / generations.CORPUS_FILENAME
+    corpus = np.load(corpus_file)
+    assert corpus.shape == (4, SEQ_LEN)
+    base = Transformer(exp.model.replace(vocab_size=300), rngs=nnx.Rngs(1))
+    load_params(base, stage_checkpoints(tmp_path / "run", "base"))
+    again = generations.generate_corpus(base, corpus[:, :8], seq_len=SEQ_LEN, temperature=0.0)
+    np.testing.assert_array_equal(again, corpus)  # the base's own greedy continuations
+    generated = {row.tobytes() for row in corpus}
+    joint_batches = steps[base_stage.steps :]
+    assert len(joint_batches) == 3
+    for batch in joint_batches:  # batch 2: one corpus row, then one generated row
+        assert batch.shape == (2, SEQ_LEN)
+        assert batch[0].tobytes() not in generated and batch[1].tobytes() in generated
+
+    # Resuming generates nothing: the corpus is keyed by the weights the stage started from.
+    written = corpus_file.stat().st_mtime_ns
+    longer = dataclasses.replace(exp, stages=(base_stage, dataclasses.replace(joint, steps=4)))
+    run(longer, tmp_path / "run")
+    assert corpus_file.stat().st_mtime_ns == written and len(steps) == 6
+
+
+def test_generation_share_is_checked(tmp_path):
+    with pytest.raises(ValueError, match="generation_share must be in"):
+        _stage("joint", generation_share=1.0)
+    with pytest.raises(ValueError, match="generation_share is a `joint` option"):
+        _stage("lookahead", generation_share=0.5)
+    exp = _experiment(tmp_path, steps=3)
+    exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, batch_size=4))
+    for share in (0.2, 0.3):  # 0.8 and 1.2 rows of 4
+        with pytest.raises(ValueError, match=f"share={share} of config.data.batch_size=4"):
+            dataclasses.replace(exp, stages=(_stage("joint", generation_share=share),))
+    dataclasses.replace(exp, stages=(_stage("joint", generation_share=0.25),))  # one row of 4
