@@ -57,7 +57,11 @@ class StageConfig:
       `generation_share > 0`, that share of each batch's rows are the model's own
       continuations (generated as for `distill`, from the base the stage starts from): the
       lookahead loss runs on every row, the LM loss on the corpus rows only, so the base keeps
-      learning the corpus while its lookahead outputs learn to draft what it writes.
+      learning the corpus while its lookahead outputs learn to draft what it writes. Measured
+      at share 0.5 (greedy continuations): on `configs/small.py` (80 prompts) greedy draft-1
+      acceptance 0.50 against 0.27 without, held-out loss 4.175 against 4.106; on
+      `configs/tiny.py` (32 prompts) 0.11 against 0.13 and 5.30 against 5.19, so it is off
+      by default.
 
     `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
     (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
@@ -148,12 +152,18 @@ class TokenizerConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-    """Logging and checkpointing. `init_from`: a checkpoint whose weights start the first stage."""
+    """Logging, checkpointing and the train step's layout.
+
+    `init_from`: a checkpoint whose weights start the first stage. `row_groups`: the step runs
+    the layers on that many independent groups of a batch's rows (`losses.compute_losses`; the
+    same losses): 1 on accelerators; on CPU a few groups keep XLA's threads busy.
+    """
 
     log_every: int = 10
     checkpoint_every: int = 200
     max_to_keep: int = 2
     init_from: str | None = None
+    row_groups: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -224,6 +234,11 @@ class ExperimentConfig:
             raise ValueError(
                 f"config.eval.loss_sequences={sequences} must be a multiple of "
                 f"config.data.batch_size={batch} (or 0: no held-out losses)"
+            )
+        if self.train.row_groups < 1 or batch % self.train.row_groups:
+            raise ValueError(
+                f"config.train.row_groups={self.train.row_groups} must divide "
+                f"config.data.batch_size={batch}"
             )
         for stage in self.stages:
             rows = batch * stage.generation_share

@@ -32,25 +32,38 @@ def compute_losses(
     inputs: LookaheadInputs,
     lookahead_loss: str = "ce",
     lm_rows: int | None = None,
+    row_groups: int = 1,
 ) -> dict[str, jax.Array]:
     """Losses and metrics of one forward pass over text + lookahead blocks.
 
     Returns `lm_loss` (mean next-token cross-entropy of the text of the first `lm_rows` rows;
-    None: every row) and, when the input has
-    lookahead blocks: `la_loss` (the selected lookahead loss), `la_ce`, `la_kl`, and
-    `la_match` [L] (how often the draft argmax equals the model's own argmax for the same
-    position: teacher-forced greedy agreement, unconditional per row).
+    None: every row) and, when the input has lookahead blocks: `la_loss` (the selected
+    lookahead loss), `la_ce`, `la_kl`, and `la_match` [L] (how often the draft argmax equals
+    the model's own argmax for the same position: teacher-forced greedy agreement,
+    unconditional per row).
+
+    `row_groups > 1` runs the layers on that many groups of rows as independent computations
+    and joins their hidden states: the same losses, but XLA:CPU then runs the groups' ops side
+    by side on its threads (a step is otherwise a chain of ops too small to fill them).
     """
     if lookahead_loss not in LOOKAHEAD_LOSSES:
         raise ValueError(f"unknown lookahead loss {lookahead_loss!r}: one of {LOOKAHEAD_LOSSES}")
     batch, num_blocks, num_la = inputs.targets.shape
     text_len = inputs.text_targets.shape[1]
     has_blocks = num_blocks * num_la > 0
-    hidden, _ = model.hidden_states(
-        inputs.tokens,
-        lookahead_slots=inputs.lookahead_slots if has_blocks else None,
-        positions=inputs.positions,
-        block_mask=inputs.block_mask,
+    if batch % row_groups:
+        raise ValueError(f"a batch of {batch} rows does not split into {row_groups} row groups")
+    group = batch // row_groups
+    hidden = jnp.concatenate(
+        [
+            model.hidden_states(
+                inputs.tokens[rows],
+                lookahead_slots=inputs.lookahead_slots[rows] if has_blocks else None,
+                positions=inputs.positions[rows],
+                block_mask=inputs.block_mask[rows],
+            )[0]
+            for rows in (slice(g * group, (g + 1) * group) for g in range(row_groups))
+        ]
     )  # [B, N, d]
     text_logits = model.logits(hidden[:, :text_len])  # [B, T-1, V]
     # optax's integer-label cross-entropy: its gradient is softmax - one_hot, without the

@@ -213,7 +213,13 @@ class StageRunner:
         mesh: jax.sharding.Mesh,
     ):
         self.exp, self.stage, self.model, self.writer = exp, exp.stages[index], model, writer
-        self.trainer = Trainer(model, self.stage, seed=exp.data.seed + index, mesh=mesh)
+        self.trainer = Trainer(
+            model,
+            self.stage,
+            seed=exp.data.seed + index,
+            mesh=mesh,
+            row_groups=exp.train.row_groups,
+        )
         self.store = CheckpointStore(
             stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
         )

@@ -44,6 +44,7 @@ def _train_step(
     *,
     stage: StageConfig,
     num_lookahead: int,
+    row_groups: int,
 ) -> tuple[nnx.State, dict[str, jax.Array]]:
     model, optimizer = nnx.merge(graphdef, state)
     step = optimizer.step[...]
@@ -53,7 +54,7 @@ def _train_step(
     lm_rows = batch.shape[0] - stage.generated_rows(batch.shape[0])
 
     def loss_fn(model: Transformer) -> tuple[jax.Array, dict[str, jax.Array]]:
-        metrics = compute_losses(model, inputs, stage.lookahead_loss, lm_rows)
+        metrics = compute_losses(model, inputs, stage.lookahead_loss, lm_rows, row_groups)
         loss = stage.lm_weight * metrics["lm_loss"]
         if stage.trains_table:
             loss = loss + stage.lookahead_weight * metrics["la_loss"]
@@ -85,14 +86,18 @@ def train_step_program(
     num_lookahead: int,
     state_shardings: nnx.State | None = None,
     batch_sharding: NamedSharding | None = None,
+    row_groups: int = 1,
 ) -> jax.stages.Wrapped:
-    """The jitted step `(state, batch [B, T], key) -> (state, metrics)`.
+    """The jitted step `(state, batch [B, T], key) -> (state, metrics)`, its layers run on
+    `row_groups` independent groups of rows (`compute_losses`).
 
     With shardings (the state's and the batch's, on one mesh) they are pinned in and out, the
     key and metrics replicated, and the state donated (updated in place); call and lower it
     under `jax.set_mesh(mesh)`.
     """
-    train = functools.partial(_train_step, graphdef, stage=stage, num_lookahead=num_lookahead)
+    train = functools.partial(
+        _train_step, graphdef, stage=stage, num_lookahead=num_lookahead, row_groups=row_groups
+    )
     if state_shardings is None:
         return jax.jit(train)
     replicated = NamedSharding(batch_sharding.mesh, PartitionSpec())
@@ -130,14 +135,22 @@ class Trainer:
     each batch is assembled from the processes' rows into one global array split over the batch
     axes, and steps run under `jax.set_mesh(mesh)` and donate the state: arrays the model held
     before a step are consumed by it (never keep references to them; `sync()` gives the new).
+    `row_groups`: see `train_step_program`.
     """
 
     def __init__(
-        self, model: Transformer, stage: StageConfig, *, seed: int, mesh: Mesh | None = None
+        self,
+        model: Transformer,
+        stage: StageConfig,
+        *,
+        seed: int,
+        mesh: Mesh | None = None,
+        row_groups: int = 1,
     ):
         self.model = model
         self.stage = stage
         self.mesh = mesh
+        self.row_groups = row_groups
         self.optimizer = make_optimizer(model, stage)
         self._key = jax.random.key(seed)
         self._state: nnx.State | None = None  # set while training; the objects are stale then
@@ -175,7 +188,9 @@ class Trainer:
         if self._train is None:
             graphdef = nnx.graphdef((self.model, self.optimizer))
             shardings = () if self.mesh is None else (self._shardings, batch.sharding)
-            self._train = train_step_program(graphdef, self.stage, self._num_lookahead, *shardings)
+            self._train = train_step_program(
+                graphdef, self.stage, self._num_lookahead, *shardings, row_groups=self.row_groups
+            )
         with jax.set_mesh(self.mesh):
             self._state, metrics = self._train(self._state, batch, self._key)
         self._steps_taken += 1

@@ -1,6 +1,7 @@
 """Training: the multi-insertion layout, one step per stage, and resume after an interruption."""
 
 import dataclasses
+import functools
 import os
 import signal
 
@@ -153,6 +154,32 @@ def test_losses_match_a_numpy_reference():
     first_row = jax.jit(compute_losses, static_argnums=(2, 3))(model, inputs, "kl", 1)
     np.testing.assert_allclose(first_row["lm_loss"], lm_rows(0), rtol=1e-5)
     np.testing.assert_allclose(first_row["la_kl"], kl[valid].mean(), rtol=1e-4, atol=1e-6)
+
+
+def test_row_groups_give_the_same_losses_and_gradients():
+    model = _model()
+    batch = jnp.asarray(_batch(5, batch_size=4))
+    inputs = build_inputs(batch, sample_insertion_points(jax.random.key(0), 4, SEQ_LEN, 2), 4)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def losses_and_grads(model, row_groups):
+        def loss(model):
+            metrics = compute_losses(model, inputs, "kl", 3, row_groups)
+            return metrics["lm_loss"] + metrics["la_loss"], metrics
+
+        return nnx.value_and_grad(loss, has_aux=True)(model)
+
+    (_, whole), grads = losses_and_grads(model, 1)
+    for groups in (2, 4):
+        (_, split), split_grads = losses_and_grads(model, groups)
+        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4), whole, split)
+        jax.tree.map(
+            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+            nnx.to_pure_dict(grads),
+            nnx.to_pure_dict(split_grads),
+        )
+    with pytest.raises(ValueError, match="4 rows does not split into 3 row groups"):
+        compute_losses(model, inputs, "kl", row_groups=3)
 
 
 @pytest.mark.parametrize("name", ["base", "lookahead", "distill", "joint"])
@@ -311,7 +338,7 @@ def test_joint_with_a_generation_share_trains_on_corpus_and_generated_rows(tmp_p
     assert corpus_file.stat().st_mtime_ns == written and len(steps) == 6
 
 
-def test_generation_share_is_checked(tmp_path):
+def test_generation_share_and_row_groups_are_checked(tmp_path):
     with pytest.raises(ValueError, match="generation_share must be in"):
         _stage("joint", generation_share=1.0)
     with pytest.raises(ValueError, match="generation_share is a `joint` option"):
@@ -322,3 +349,5 @@ def test_generation_share_is_checked(tmp_path):
         with pytest.raises(ValueError, match=f"share={share} of config.data.batch_size=4"):
             dataclasses.replace(exp, stages=(_stage("joint", generation_share=share),))
     dataclasses.replace(exp, stages=(_stage("joint", generation_share=0.25),))  # one row of 4
+    with pytest.raises(ValueError, match="row_groups=3 must divide"):
+        dataclasses.replace(exp, train=TrainConfig(row_groups=3))
