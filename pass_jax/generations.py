@@ -8,9 +8,9 @@ removes that shift (self-distillation; the base stays frozen and decoding stays 
 Each sequence is the first `prompt_len` tokens of a training sequence followed by the model's
 continuation (greedy at temperature 0, else sampled with top-k), decoded with `generate` to
 exactly the training sequence length (no EOS stop). The corpus is a function of the base
-weights, the prompts and the settings; it is cached in the workdir (`generations/STAGE/`), keyed by
-all three, so that a resumed stage trains on the same sequences and a retrained base gets a
-new corpus.
+weights, the prompts and the settings; it is cached in the workdir (`generations/STAGE/`),
+keyed by all three, so that a resumed stage trains on the same sequences and a retrained base
+gets a new corpus.
 """
 
 from __future__ import annotations
