@@ -125,7 +125,10 @@ class StageConfig:
             )
 
     def generated_rows(self, batch_size: int) -> int:
-        """How many of a batch's rows (the last ones) are the model's own continuations."""
+        """How many of a batch's rows (the last ones) are the model's own continuations:
+        every row for `distill`, `generation_share` of them otherwise."""
+        if self.name == "distill":
+            return batch_size
         return round(batch_size * self.generation_share)
 
     @property

@@ -62,7 +62,7 @@ def compute_losses(
                 positions=inputs.positions[rows],
                 block_mask=inputs.block_mask[rows],
             )[0]
-            for rows in (slice(g * group, (g + 1) * group) for g in range(row_groups))
+            for rows in (slice(start, start + group) for start in range(0, batch, group))
         ]
     )  # [B, N, d]
     text_logits = model.logits(hidden[:, :text_len])  # [B, T-1, V]

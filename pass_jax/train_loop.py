@@ -238,8 +238,7 @@ class StageRunner:
         model's continuations of prompts cut from the stage's corpus stream."""
         stage = self.stage
         corpus = data.make_iterator(config, tokenizer)
-        num_generated = config.batch_size if stage.name == "distill" else 0
-        num_generated = num_generated or stage.generated_rows(config.batch_size)
+        num_generated = stage.generated_rows(config.batch_size)
         if not num_generated:
             return corpus
         if jax.process_count() > 1:

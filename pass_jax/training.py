@@ -51,7 +51,9 @@ def _train_step(
     num_insertions = stage.num_insertions if stage.trains_table else 0
     inputs = _layout(batch, jax.random.fold_in(key, step), num_insertions, num_lookahead)
 
-    lm_rows = batch.shape[0] - stage.generated_rows(batch.shape[0])
+    # The LM loss skips generated rows; on distill's all-generated batch it is only a metric
+    # (weight 0), taken over every row.
+    lm_rows = batch.shape[0] - stage.generated_rows(batch.shape[0]) or None
 
     def loss_fn(model: Transformer) -> tuple[jax.Array, dict[str, jax.Array]]:
         metrics = compute_losses(model, inputs, stage.lookahead_loss, lm_rows, row_groups)
