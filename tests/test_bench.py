@@ -2,9 +2,11 @@
 
 import json
 
+import pytest
 from conftest import chain_model
 
-from pass_jax.bench import protocol, report
+from pass_jax.bench import protocol, report, train_step
+from pass_jax.experiment import ExperimentConfig, default_config
 
 
 def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
@@ -47,3 +49,32 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
     assert all(r["acceptance_by_position"][0] > 0 for r in chain_pass)
     table = files["markdown"].read_text()
     assert "| PaSS, L=2 |" in table and "### chain" in table and "T=0.8" in table
+
+
+def test_train_step_benchmark_reads_the_steps_flops():
+    config = default_config()
+    config.model.update(
+        d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128, max_seq_len=64,
+        max_lookahead=2,
+    )  # fmt: skip
+    config.tokenizer.vocab_size = 256
+    config.data.update(seq_len=32, batch_size=4)
+    exp = ExperimentConfig.from_config(config)
+    result = train_step.measure(exp, "base", row_groups=2, steps=1, repeats=1)
+
+    # 6 FLOPs per weight per token (forward + backward) in the layers and the output head, and
+    # the attention scores and mixing: 12 * layers * seq_len * heads * head_dim per token.
+    m = exp.model
+    layer = m.d_model * (2 * m.n_heads + 2 * m.n_kv_heads) * m.head_dim + 3 * m.d_model * m.d_ff
+    weights = m.n_layers * layer + m.d_model * m.vocab_size
+    attention = 12 * m.n_layers * exp.data.seq_len * m.n_heads * m.head_dim
+    assert 0.9 < result["mflop_per_token"] * 1e6 / (6 * weights + attention) < 1.1
+    assert result["tokens_per_s"] == pytest.approx(4 * 32 / (result["step_ms"] / 1e3))
+    assert set(result["matmul_gflop_per_s"]) == {
+        "128x64x32",
+        "128x64x64",
+        "128x64x128",
+        "128x64x256",
+    }
+    with pytest.raises(ValueError, match="stage 'distill' is not one of the config's"):
+        train_step.measure(exp, "distill", row_groups=1, steps=1, repeats=1)

@@ -1,0 +1,133 @@
+"""Training throughput against the machine's own matrix-multiply rate.
+
+    python -m pass_jax.bench.train_step --config configs/small.py [--stage base] \
+        [--row_groups 4] [--steps 10] [--repeats 3]
+
+Times the config's train step (random weights and tokens: they do not change the cost; compile
+time reported apart, warm-up steps untimed, median over repeats) and reads its FLOPs from XLA's
+cost analysis. Beside it, the rate of one jitted matrix multiply of each shape the step's layers
+and output head run (`[batch * seq_len, d_model] @ [d_model, n]`): tokens/s at that rate is what
+the step would reach if all its FLOPs ran as fast as its matrix multiplies do in isolation.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import app, flags
+from flax import nnx
+from ml_collections import config_flags
+
+from pass_jax.bench.report import machine
+from pass_jax.experiment import ExperimentConfig
+from pass_jax.model import Transformer
+from pass_jax.optim import make_optimizer
+from pass_jax.training import train_step_program
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
+_STAGE = flags.DEFINE_string("stage", "base", "Which of the config's stages to time.")
+_ROW_GROUPS = flags.DEFINE_integer("row_groups", None, "Override config.train.row_groups.")
+_STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
+_REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
+
+
+def _seconds(fn, *args, repeats: int) -> float:
+    """Median wall-clock seconds of `fn(*args)` (its result waited for) after one warm-up."""
+    jax.block_until_ready(fn(*args))
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn(*args))
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def matmul_gflops(rows: int, d_model: int, widths: list[int], repeats: int = 30) -> dict:
+    """GFLOP/s of one jitted float32 `[rows, d_model] @ [d_model, n]` for each width n."""
+    rates = {}
+    matmul = jax.jit(jnp.matmul)
+    for width in widths:
+        a = jnp.ones((rows, d_model), jnp.float32)
+        b = jnp.ones((d_model, width), jnp.float32)
+        rates[width] = 2 * rows * d_model * width / _seconds(matmul, a, b, repeats=repeats) / 1e9
+    return rates
+
+
+def measure(
+    exp: ExperimentConfig, stage_name: str, row_groups: int, steps: int, repeats: int
+) -> dict:
+    """Tokens/s, FLOPs and achieved GFLOP/s of one stage's train step, and the matmul rates."""
+    stages = {stage.name: stage for stage in exp.stages}
+    if stage_name not in stages:
+        raise ValueError(f"stage {stage_name!r} is not one of the config's {list(stages)}")
+    stage, config = stages[stage_name], exp.model
+    model = Transformer(config, rngs=nnx.Rngs(0))
+    optimizer = make_optimizer(model, stage)
+    program = train_step_program(
+        nnx.graphdef((model, optimizer)), stage, config.max_lookahead, row_groups=row_groups
+    )
+    shape = (exp.data.batch_size, exp.data.seq_len)
+    rng = np.random.default_rng(0)
+    batches = [jnp.asarray(rng.integers(0, config.vocab_size, shape, np.int32)) for _ in range(2)]
+    state, key = nnx.state((model, optimizer)), jax.random.key(0)
+
+    start = time.perf_counter()
+    compiled = program.lower(state, batches[0], key).compile()
+    compile_s = time.perf_counter() - start
+    cost = compiled.cost_analysis()
+    flops = (cost[0] if isinstance(cost, list) else cost)["flops"]
+
+    def run(state):
+        for i in range(steps):
+            state, metrics = compiled(state, batches[i % 2], key)
+        return state, metrics
+
+    state, _ = run(state)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        state, metrics = run(state)
+        jax.block_until_ready(metrics)
+        times.append((time.perf_counter() - start) / steps)
+    step_s = statistics.median(times)
+
+    tokens = shape[0] * shape[1]  # text tokens per step, as train.py counts them
+    widths = sorted({config.d_model, config.n_kv_heads * config.head_dim, config.d_ff})
+    rates = matmul_gflops(tokens, config.d_model, [*widths, config.vocab_size])
+    return {
+        "stage": stage.name,
+        "params_millions": config.num_params / 1e6,
+        "batch": list(shape),
+        "row_groups": row_groups,
+        "compile_s": compile_s,
+        "step_ms": 1e3 * step_s,
+        "tokens_per_s": tokens / step_s,
+        "gflop_per_step": flops / 1e9,
+        "mflop_per_token": flops / tokens / 1e6,
+        "achieved_gflop_per_s": flops / step_s / 1e9,
+        "matmul_gflop_per_s": {f"{tokens}x{config.d_model}x{n}": r for n, r in rates.items()},
+        "tokens_per_s_at_matmul_rate": {
+            "slowest": min(rates.values()) * 1e9 * tokens / flops,
+            "fastest": max(rates.values()) * 1e9 * tokens / flops,
+        },
+        "machine": machine(),
+    }
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    exp = ExperimentConfig.from_config(_CONFIG.value)  # the vocabulary: tokenizer.vocab_size
+    row_groups = exp.train.row_groups if _ROW_GROUPS.value is None else _ROW_GROUPS.value
+    print(
+        json.dumps(measure(exp, _STAGE.value, row_groups, _STEPS.value, _REPEATS.value), indent=2)
+    )
+
+
+if __name__ == "__main__":
+    flags.mark_flags_as_required(["config"])
+    app.run(main)
