@@ -17,7 +17,7 @@ benchmark (BENCHMARKS.md):
         --stages lookahead,distill,joint
 
 Sizing: on an idle 2-core machine this model trains at 1,610-1,980 tokens/s (8 x 256 tokens a
-step, its layers run in 4 row groups; 1,390-1,670 in one group; `python -m
+step, its layers run in 4 row groups; 1,390-1,670 in one group; `train.py`'s log and `python -m
 pass_jax.bench.train_step --config configs/small.py`), against ~840 for a 17M model with a
 8,192 vocabulary (one group). At a fixed hour, tokens seen matter more than width here,
 so 10M parameters and a 4,096 vocabulary (a 1,024 vocabulary reached a lower loss per token but

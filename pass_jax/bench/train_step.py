@@ -6,8 +6,9 @@
 Times the config's train step (random weights and tokens: they do not change the cost; compile
 time reported apart, warm-up steps untimed, median over repeats) and reads its FLOPs from XLA's
 cost analysis. Beside it, the rate of one jitted matrix multiply of each shape the step's layers
-and output head run (`[batch * seq_len, d_model] @ [d_model, n]`): tokens/s at that rate is what
-the step would reach if all its FLOPs ran as fast as its matrix multiplies do in isolation.
+and output head run (`[batch * seq_len, d_model] @ [d_model, n]`), sampled between the timed
+steps (the same machine states): tokens/s at that rate is what the step would reach if all its
+FLOPs ran as fast as its matrix multiplies do in isolation.
 """
 
 from __future__ import annotations
@@ -36,26 +37,22 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
 
 
-def _seconds(fn, *args, repeats: int) -> float:
-    """Median wall-clock seconds of `fn(*args)` (its result waited for) after one warm-up."""
-    jax.block_until_ready(fn(*args))
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(fn(*args))
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+_MATMUL = jax.jit(jnp.matmul)
 
 
-def matmul_gflops(rows: int, d_model: int, widths: list[int], repeats: int = 30) -> dict:
-    """GFLOP/s of one jitted float32 `[rows, d_model] @ [d_model, n]` for each width n."""
-    rates = {}
-    matmul = jax.jit(jnp.matmul)
+def _matmul_seconds(rows: int, d_model: int, widths: list[int], calls: int = 10) -> dict:
+    """Median seconds of `calls` jitted float32 `[rows, d_model] @ [d_model, n]`, by width n."""
+    seconds = {}
     for width in widths:
         a = jnp.ones((rows, d_model), jnp.float32)
         b = jnp.ones((d_model, width), jnp.float32)
-        rates[width] = 2 * rows * d_model * width / _seconds(matmul, a, b, repeats=repeats) / 1e9
-    return rates
+        times = []
+        for _ in range(calls):
+            start = time.perf_counter()
+            jax.block_until_ready(_MATMUL(a, b))
+            times.append(time.perf_counter() - start)
+        seconds[width] = statistics.median(times)
+    return seconds
 
 
 def measure(
@@ -87,18 +84,24 @@ def measure(
             state, metrics = compiled(state, batches[i % 2], key)
         return state, metrics
 
+    tokens = shape[0] * shape[1]  # text tokens per step, as train.py counts them
+    widths = sorted({config.d_model, config.n_kv_heads * config.head_dim, config.d_ff})
+    widths.append(config.vocab_size)
+    _matmul_seconds(tokens, config.d_model, widths, calls=1)  # compiles
     state, _ = run(state)  # warm-up
-    times = []
+    # Steps and matmuls sampled alternately, so that both see the same machine states.
+    step_times, matmul_times = [], []
     for _ in range(repeats):
         start = time.perf_counter()
         state, metrics = run(state)
         jax.block_until_ready(metrics)
-        times.append((time.perf_counter() - start) / steps)
-    step_s = statistics.median(times)
-
-    tokens = shape[0] * shape[1]  # text tokens per step, as train.py counts them
-    widths = sorted({config.d_model, config.n_kv_heads * config.head_dim, config.d_ff})
-    rates = matmul_gflops(tokens, config.d_model, [*widths, config.vocab_size])
+        step_times.append((time.perf_counter() - start) / steps)
+        matmul_times.append(_matmul_seconds(tokens, config.d_model, widths))
+    step_s = statistics.median(step_times)
+    rates = {
+        n: 2 * tokens * config.d_model * n / statistics.median(t[n] for t in matmul_times) / 1e9
+        for n in widths
+    }
     return {
         "stage": stage.name,
         "params_millions": config.num_params / 1e6,
