@@ -60,5 +60,5 @@ def get_config() -> ml_collections.ConfigDict:
     # model's own outputs on every row, half of each batch the model's greedy continuations.
     config.joint.update(steps=450, warmup_steps=20, generations=512, generation_share=0.5)
     config.eval.update(num_prompts=32)
-    config.train.update(row_groups=4)  # the step's layers on 4 groups of 2 rows: 1.0-1.2x on CPU
+    config.train.update(row_groups=4)  # the step's layers on 4 groups of 2 rows: ~1.2x on CPU
     return config
