@@ -61,8 +61,8 @@ class StageConfig:
       at share 0.5 (greedy continuations): on `configs/small.py` (80 prompts) greedy draft-1
       acceptance 0.50 against 0.27 without, held-out loss 4.175 against 4.106; on
       `configs/tiny.py` (32 prompts) 0.11 against 0.13 and 5.30 against 5.19, so it is off
-      by default. In a 125-step fine-tune of `small`, share 0.75 gave 0.24-0.34 against 0.21
-      at 0.5.
+      by default. In a 125-step fine-tune of `small`, share 0.75 gave 0.26-0.34 (two data
+      seeds) against 0.21 at 0.5.
 
     `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
     (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
