@@ -18,7 +18,7 @@ from pass_jax.config import ModelConfig
 from pass_jax.decode import GenerationResult, generate
 from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
 from pass_jax.experiment import ExperimentConfig
-from pass_jax.model import Transformer
+from pass_jax.model import Transformer, loop_layers
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer
 from pass_jax.train_loop import TrainingInterrupted, run, stage_checkpoints
 
@@ -132,11 +132,12 @@ def find_checkpoint(exp: ExperimentConfig, workdir: str | None, stage: str | Non
 
 
 def load_model(checkpoint: Path) -> Transformer:
-    """A model built from a checkpoint's stored config, with its weights."""
+    """A model built from a checkpoint's stored config, with its weights, laid out for decoding
+    (scanned layers looped: `model.loop_layers`)."""
     directory = step_dir(checkpoint)
     model = Transformer(ModelConfig.from_dict(read_meta(directory)["model"]), rngs=nnx.Rngs(0))
     load_params(model, directory)
-    return model
+    return loop_layers(model)
 
 
 def _timed(model: Transformer, prompt: list[int], opts: DecodeOptions, method: str, eos: int):

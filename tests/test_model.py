@@ -8,8 +8,9 @@ from conftest import forward, tiny_config, tiny_model
 from flax import nnx
 
 from pass_jax.config import ModelConfig
+from pass_jax.decode import generate
 from pass_jax.kv_cache import KVCache
-from pass_jax.model import LookaheadParam, Transformer, causal_mask
+from pass_jax.model import LookaheadParam, Transformer, causal_mask, loop_layers
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -114,6 +115,40 @@ def test_scanned_and_looped_layers_compute_the_same_function():
     nnx.update(scanned, state)
     tokens = jnp.asarray([[1, 2, 3, 4, 5]])
     np.testing.assert_allclose(looped(tokens), scanned(tokens), atol=1e-6)
+
+
+@pytest.mark.parametrize("scan_layers", [False, True])
+def test_remat_keeps_the_loss_and_gradients_and_decodes(scan_layers):
+    plain = tiny_model(2, scan_layers=scan_layers)
+    remat = tiny_model(2, scan_layers=scan_layers, remat=True)
+    tokens = jnp.asarray([[1, 2, 3, 4, 5, 6]])
+
+    @nnx.jit
+    def loss_and_grads(model):
+        return nnx.value_and_grad(lambda m: jnp.mean(jax.nn.logsumexp(m(tokens), axis=-1)))(model)
+
+    (loss_a, grads_a), (loss_b, grads_b) = loss_and_grads(plain), loss_and_grads(remat)
+    np.testing.assert_allclose(loss_a, loss_b, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), grads_a, grads_b)
+    # Looped layers under remat inside the decode while_loop once failed to trace.
+    expected = generate(plain, [[1, 2, 3]], max_new_tokens=10, method="pass", num_lookahead=3)
+    got = generate(remat, [[1, 2, 3]], max_new_tokens=10, method="pass", num_lookahead=3)
+    assert got.tokens == expected.tokens
+
+
+def test_loop_layers_is_the_same_model_with_looped_layers():
+    scanned = tiny_model(6, scan_layers=True, remat=True)
+    looped = loop_layers(scanned)
+    assert not looped.config.scan_layers and len(looped.layers) == scanned.config.n_layers
+    tokens = jnp.asarray([[4, 9, 2, 7, 1]])
+    np.testing.assert_allclose(looped(tokens), scanned(tokens), atol=1e-6)
+    np.testing.assert_array_equal(looped.lookahead[...], scanned.lookahead[...])
+    kwargs = dict(max_new_tokens=12, method="pass", num_lookahead=4)
+    assert (
+        generate(looped, [[5, 3]], **kwargs).tokens == generate(scanned, [[5, 3]], **kwargs).tokens
+    )
+    plain = tiny_model(6)
+    assert loop_layers(plain) is plain
 
 
 def test_lookahead_table_is_its_own_variable_type_and_starts_at_unk():

@@ -1,8 +1,10 @@
 """The decode loop's overhead: per-token time of `generate` against one jitted forward.
 
     python -m pass_jax.bench.loop_overhead [--max_new_tokens 256] [--repeats 5]
+    python -m pass_jax.bench.loop_overhead --config configs/7b.py   # a config's model shape
 
-Builds a ~50M-parameter random model (weights do not change the cost), times `generate` (AR,
+Builds a random model (weights do not change the cost): ~50M parameters, or the model of
+`--config` with its own dtypes (`--dtype` applies to the 50M model only), times `generate` (AR,
 greedy, compile excluded) and a jitted single-token cached forward over the same cache capacity,
 and prints both with their ratio, plus the cost of forwards on 2..16 tokens relative to one.
 """
@@ -14,17 +16,21 @@ import statistics
 
 from absl import app, flags
 from flax import nnx
+from ml_collections import config_flags
 
+from pass_jax import cli
+from pass_jax.aot import model_config
 from pass_jax.bench.report import machine
 from pass_jax.bench.timing import ForwardTimer
 from pass_jax.config import ModelConfig
 from pass_jax.decode import bucket, generate
-from pass_jax.model import Transformer
+from pass_jax.model import Transformer, loop_layers
 
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "tokens generated per timed call")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "timed repeats (the median is reported)")
 _DTYPE = flags.DEFINE_string("dtype", "float32", "compute dtype (bfloat16 on accelerators)")
 _OUT = flags.DEFINE_string("out", None, "optional JSON file for the raw figures")
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config: its model shape.")
 
 MODEL_50M = dict(
     vocab_size=8192,
@@ -40,7 +46,7 @@ MODEL_50M = dict(
 
 
 def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
-    model = Transformer(config, rngs=nnx.Rngs(0))
+    model = loop_layers(Transformer(config, rngs=nnx.Rngs(0)))  # as decoding runs it
     prompt = [[1] * 8]
     capacity = bucket(len(prompt[0])) + bucket(max_new_tokens)
 
@@ -52,7 +58,7 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
         statistics.median(run().stats["decode_s"] for _ in range(repeats)) / max_new_tokens
     )
     context = len(prompt[0]) + max_new_tokens // 2  # the mean cache length during generation
-    timer = ForwardTimer(model, [1, 2, 4, 8, 16], context=context, capacity=capacity)
+    timer = ForwardTimer(model, [1, 2, 4, 5, 8, 16], context=context, capacity=capacity)
     timer.sample(rounds=max(repeats * 4, 20))
     per_token_forward = timer.seconds()[1]
     return {
@@ -71,7 +77,10 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
 
 def main(argv: list[str]) -> None:
     del argv
-    config = ModelConfig(**MODEL_50M, dtype=_DTYPE.value)
+    if _CONFIG.value is None:
+        config = ModelConfig(**MODEL_50M, dtype=_DTYPE.value)
+    else:
+        config = model_config(_CONFIG.value)
     result = measure(config, _MAX_NEW.value, _REPEATS.value)
     print(json.dumps(result, indent=2))
     if _OUT.value:
@@ -80,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=cli.flags_parser)
