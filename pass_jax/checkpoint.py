@@ -88,7 +88,7 @@ def _check_matches(stored: Any, target: Any, where: Path) -> None:
 
 def read_item(item_dir: str | Path, target: Any) -> Any:
     """Restores one array item into `target` (a tree of `jax.ShapeDtypeStruct`), shape-checked."""
-    item_dir = Path(item_dir)
+    item_dir = Path(item_dir).absolute()  # newer orbax refuses relative paths
     if not item_dir.is_dir():
         raise CheckpointError(f"missing checkpoint: {item_dir} does not exist")
     handler = ocp.StandardCheckpointHandler()
@@ -105,7 +105,7 @@ def read_item(item_dir: str | Path, target: Any) -> Any:
 
 def read_meta(step_dir: str | Path) -> dict[str, Any]:
     """The JSON metadata item of a step directory."""
-    path = Path(step_dir) / META
+    path = Path(step_dir).absolute() / META
     try:
         return ocp.JsonCheckpointHandler().restore(epath.Path(path))
     except FileNotFoundError as e:

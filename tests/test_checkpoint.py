@@ -151,3 +151,13 @@ def test_lookahead_checkpoint_loads_onto_a_fresh_compatible_base(tmp_path, store
     assert _same(_arrays(base)["params"], base_weights)
     with pytest.raises(CheckpointError, match=r"lookahead: stored \(4, 32\) .* expected \(8, 32\)"):
         load_lookahead(_model(0, max_lookahead=8), tmp_path)
+
+
+def test_a_relative_checkpoint_path_restores(tmp_path, stores, monkeypatch):
+    """Orbax 0.11+ refuses relative paths; a `--workdir` given relative must still load."""
+    trained = _model(0)
+    _save(stores(tmp_path / "run"), trained)
+    monkeypatch.chdir(tmp_path)
+    fresh = _model(5)
+    load_params(fresh, step_dir("run"))
+    assert _same(_arrays(fresh), _arrays(trained))
