@@ -47,8 +47,21 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
             assert len(record["acceptance_by_position"]) == (record["num_lookahead"] or 0)
     chain_pass = [r for r in saved["models"]["chain"]["records"] if r["label"] == "PaSS, L=2"]
     assert all(r["acceptance_by_position"][0] > 0 for r in chain_pass)
+    for record in saved["models"]["chain"]["records"]:  # exact arithmetic: greedy is lossless
+        greedy = record["temperature"] == 0.0
+        assert record.get("greedy_identical") == (1.0 if greedy else None)
+        assert record.get("greedy_agreed_tokens") == (12.0 if greedy else None)
     table = files["markdown"].read_text()
     assert "| PaSS, L=2 |" in table and "### chain" in table and "T=0.8" in table
+    assert "PaSS, L=2: 100% identical, 12 tokens agree on average" in table
+
+
+def test_greedy_agreement_counts_the_tokens_before_the_first_difference():
+    assert protocol._common_prefix([1, 2, 3, 4], [1, 2, 9, 4]) == 2
+    assert protocol._common_prefix([1, 2], [1, 2]) == 2
+    settings = protocol.Protocol(max_new_tokens=4)
+    agreement = protocol._greedy_agreement([4, 2, 4, 0], settings)
+    assert agreement == {"greedy_identical": 0.5, "greedy_agreed_tokens": 2.5}
 
 
 def test_train_step_benchmark_reads_the_steps_flops():

@@ -79,8 +79,8 @@ def _decode(
     temperature: float,
     seed: int,
 ) -> dict[str, Any]:
-    """Statistics of one sequence decoded to exactly `max_new_tokens` (no EOS)."""
-    return generate(
+    """One sequence decoded to exactly `max_new_tokens` (no EOS): its tokens and statistics."""
+    result = generate(
         model,
         [prompt],
         max_new_tokens=protocol.max_new_tokens,
@@ -89,7 +89,8 @@ def _decode(
         temperature=temperature,
         top_k=protocol.top_k,
         seed=seed,
-    ).stats
+    )
+    return {**result.stats, "tokens": result.tokens[0]}
 
 
 def measure_temperature(
@@ -107,19 +108,25 @@ def measure_temperature(
     }
     seconds = {m: [] for m in methods}  # per repeat: mean seconds per sequence
     counts = {m: {"tokens": 0, "calls": 0, "reached": 0, "accepted": 0} for m in methods}
+    matched = {m: [] for m in methods}  # greedy only: tokens equal to AR's before the first change
     for repeat in range(protocol.repeats):
         order = methods[repeat % len(methods) :] + methods[: repeat % len(methods)]
         per_method = {m: [] for m in methods}
         for i, prompt in enumerate(prompts):
+            sequences = {}
             for method in order:
                 seed = protocol.seed + 1000 * repeat + i
                 stats = _decode(model, prompt, method, protocol, temperature, seed)
+                sequences[method] = stats["tokens"]
                 per_method[method].append(stats["decode_s"] + stats["prefill_s"])
                 c = counts[method]
                 c["tokens"] += stats["new_tokens"]
                 c["calls"] += stats["forward_passes"]
                 c["reached"] += np.asarray(stats["reached_by_position"])
                 c["accepted"] += np.asarray(stats["accepted_by_position"])
+            if temperature == 0.0:
+                for method in methods:
+                    matched[method].append(_common_prefix(sequences[method], sequences[methods[0]]))
             timer.sample()
         for method in methods:
             seconds[method].append(statistics.fmean(per_method[method]))
@@ -144,9 +151,26 @@ def measure_temperature(
                 "tau_theory": _theoretical_tau(acceptance, method.num_lookahead),
                 "tau_bound": (method.num_lookahead + 2) / 2 if method.num_lookahead else 1.0,
                 "compile_s": compile_s[method],
+                **(_greedy_agreement(matched[method], protocol) if temperature == 0.0 else {}),
             }
         )
     return records
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    """Number of leading tokens two sequences share."""
+    return next((i for i, (x, y) in enumerate(zip(a, b, strict=True)) if x != y), len(a))
+
+
+def _greedy_agreement(prefixes: list[int], protocol: Protocol) -> dict[str, float]:
+    """How far greedy decoding agrees with AR: the share of sequences identical to AR's, and the
+    mean number of tokens before the first difference. Exact arithmetic gives 1 and all tokens;
+    in low precision a near-tie may round differently in an (L+1)-token call than in a one-token
+    call, and the two greedy sequences part there."""
+    return {
+        "greedy_identical": float(np.mean([p == protocol.max_new_tokens for p in prefixes])),
+        "greedy_agreed_tokens": float(np.mean(prefixes)),
+    }
 
 
 def _theoretical_tau(acceptance: list[float], num_lookahead: int | None) -> float:

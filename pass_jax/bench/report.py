@@ -82,6 +82,18 @@ def markdown(results: dict[str, Any], machine: str) -> str:
             )
         curve = model["forward_cost_relative"]
         loop = model["ar_loop_efficiency"]
+        greedy = [r for r in records if "greedy_identical" in r and r["method"] != "ar"]
+        if greedy:
+            lines += [
+                "",
+                "Greedy (T=0) output against autoregressive, per sequence: "
+                + "; ".join(
+                    f"{r['label']}: {100 * r['greedy_identical']:.0f}% identical, "
+                    f"{r['greedy_agreed_tokens']:.0f} tokens agree on average"
+                    for r in greedy
+                )
+                + ".",
+            ]
         lines += [
             "",
             "Cost of one forward on n new tokens relative to one token: "
