@@ -116,14 +116,20 @@ class HeldOut:
         held_out = cls(batches=[], prompts=[])
         if exp.eval.loss_sequences:
             tokens, _ = data.load_token_stream(config, tokenizer)
-            held_out.batches = data.spread_batches(
-                tokens,
-                seq_len=config.seq_len,
-                num_sequences=exp.eval.loss_sequences,
-                batch_size=config.batch_size,
-                shard_index=config.shard_index,
-                shard_count=config.shard_count,
-            )
+            try:
+                held_out.batches = data.spread_batches(
+                    tokens,
+                    seq_len=config.seq_len,
+                    num_sequences=exp.eval.loss_sequences,
+                    batch_size=config.batch_size,
+                    shard_index=config.shard_index,
+                    shard_count=config.shard_count,
+                )
+            except ValueError as e:
+                raise ValueError(
+                    f"held-out split {config.split!r} of the {config.source} corpus: {e}; lower "
+                    "config.eval.loss_sequences or point config.data at a larger corpus"
+                ) from e
             num_bytes = sum(
                 len(tokenizer.decode(row.tolist()).encode()) for b in held_out.batches for row in b
             )

@@ -124,6 +124,16 @@ def test_bench_trains_then_measures_in_one_command(tmp_path):
     assert all(r["tau"] >= 1.0 for r in model["records"])
 
 
+def test_a_corpus_too_small_for_the_held_out_set_names_the_fix(tmp_path):
+    result = _script(
+        "train.py", f"--workdir={tmp_path}", *_overrides(), "--config.eval.loss_sequences=4000000"
+    )
+    assert result.returncode != 0
+    assert "held-out split 'validation' of the stdlib corpus" in result.stderr
+    assert "lower config.eval.loss_sequences or point config.data at a larger" in result.stderr
+    assert not (tmp_path / "checkpoints").exists()  # nothing trained
+
+
 def test_unknown_config_override_is_a_clear_error(tmp_path):
     result = _script("train.py", f"--workdir={tmp_path}", "--config.foo=1")
     assert result.returncode != 0
