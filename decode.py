@@ -25,6 +25,9 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Top-p (nucleus) filtering (1: off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate.")
 _COMPARE = flags.DEFINE_bool("compare", False, "Also run autoregressive decoding and compare.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16", "float16"], "Compute dtype (default: the checkpoint's)."
+)
 flags.mark_flag_as_required("config")
 flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_file"], required=True)
 
@@ -52,6 +55,7 @@ def main(argv: list[str]) -> None:
         workdir=_WORKDIR.value,
         checkpoint=_CHECKPOINT.value,
         stage=_STAGE.value,
+        dtype=_DTYPE.value,
     )
     print(report)
 

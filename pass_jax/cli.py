@@ -131,11 +131,14 @@ def find_checkpoint(exp: ExperimentConfig, workdir: str | None, stage: str | Non
     raise CheckpointError(f"no checkpoint of stage(s) {names} under {workdir}/checkpoints")
 
 
-def load_model(checkpoint: Path) -> Transformer:
+def load_model(checkpoint: Path, *, dtype: str | None = None) -> Transformer:
     """A model built from a checkpoint's stored config, with its weights, laid out for decoding
-    (scanned layers looped: `model.loop_layers`)."""
+    (scanned layers looped: `model.loop_layers`); `dtype` overrides the stored compute dtype."""
     directory = step_dir(checkpoint)
-    model = Transformer(ModelConfig.from_dict(read_meta(directory)["model"]), rngs=nnx.Rngs(0))
+    stored = read_meta(directory)["model"]
+    model = Transformer(
+        ModelConfig.from_dict({**stored, "dtype": dtype or stored["dtype"]}), rngs=nnx.Rngs(0)
+    )
     load_params(model, directory)
     return loop_layers(model)
 
@@ -176,12 +179,13 @@ def decode_main(
     workdir: str | None,
     checkpoint: str | None = None,
     stage: str | None = None,
+    dtype: str | None = None,
 ) -> str:
     """Decodes the prompt; returns the printed report (completion and statistics)."""
     exp = ExperimentConfig.from_config(config)
     tokenizer = load_tokenizer(exp, workdir)
     path = Path(checkpoint) if checkpoint else find_checkpoint(exp, workdir, stage)
-    model = load_model(path)
+    model = load_model(path, dtype=dtype)
     prompt = ([tokenizer.bos_id] if exp.data.add_bos else []) + tokenizer.encode(opts.prompt)
     if not prompt:
         raise ValueError("the prompt is empty")

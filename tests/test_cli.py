@@ -7,8 +7,13 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from conftest import tiny_model
 
+from pass_jax import cli
+from pass_jax.checkpoint import CheckpointStore, split_params
 from pass_jax.config import ModelConfig
 from pass_jax.data import DataConfig
 from pass_jax.experiment import (
@@ -132,6 +137,21 @@ def test_a_corpus_too_small_for_the_held_out_set_names_the_fix(tmp_path):
     assert "held-out split 'validation' of the stdlib corpus" in result.stderr
     assert "lower config.eval.loss_sequences or point config.data at a larger" in result.stderr
     assert not (tmp_path / "checkpoints").exists()  # nothing trained
+
+
+def test_load_model_loops_scanned_layers_and_takes_a_compute_dtype(tmp_path):
+    trained = tiny_model(3, scan_layers=True, remat=True)
+    store = CheckpointStore(tmp_path, async_save=False)
+    store.save(7, split_params(trained), {"step": 7, "model": trained.config.to_dict()})
+    store.close()
+    tokens = jnp.asarray([[3, 1, 4, 1, 5]])
+    loaded = cli.load_model(tmp_path)
+    assert not loaded.config.scan_layers and loaded.config.dtype == "float32"
+    np.testing.assert_allclose(loaded(tokens), trained(tokens), atol=1e-6)
+    in_bf16 = cli.load_model(tmp_path, dtype="bfloat16")
+    assert in_bf16.config.dtype == "bfloat16" and in_bf16.config.param_dtype == "float32"
+    difference = np.abs(np.asarray(in_bf16(tokens)) - np.asarray(trained(tokens))).max()
+    assert 1e-6 < difference < 0.05  # computed in bf16, from the same weights
 
 
 def test_unknown_config_override_is_a_clear_error(tmp_path):

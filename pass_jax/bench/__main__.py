@@ -39,6 +39,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (medians are report
 _TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.2", "0.5", "0.8"], "Temperatures.")
 _LOOKAHEADS = flags.DEFINE_list("lookaheads", ["1", "2", "4", "6", "8"], "The L sweep.")
 _NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, ["float32", "bfloat16", "float16"], "Compute dtype (default: the checkpoint's)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 STAGE_LABELS = {
@@ -59,7 +62,7 @@ def main(argv: list[str]) -> None:
     tokenizer = cli.load_tokenizer(exp, _WORKDIR.value)
     models = {
         f"{stage}: {STAGE_LABELS.get(stage, stage)}": cli.load_model(
-            cli.find_checkpoint(exp, _WORKDIR.value, stage)
+            cli.find_checkpoint(exp, _WORKDIR.value, stage), dtype=_DTYPE.value
         )
         for stage in _STAGES.value
     }
