@@ -137,7 +137,7 @@ def load_model(checkpoint: Path, *, dtype: str | None = None) -> Transformer:
     directory = step_dir(checkpoint)
     stored = read_meta(directory)["model"]
     model = Transformer(
-        ModelConfig.from_dict({**stored, "dtype": dtype or stored["dtype"]}), rngs=nnx.Rngs(0)
+        ModelConfig.from_dict({**stored, **({"dtype": dtype} if dtype else {})}), rngs=nnx.Rngs(0)
     )
     load_params(model, directory)
     return loop_layers(model)

@@ -108,7 +108,9 @@ def measure_temperature(
     }
     seconds = {m: [] for m in methods}  # per repeat: mean seconds per sequence
     counts = {m: {"tokens": 0, "calls": 0, "reached": 0, "accepted": 0} for m in methods}
-    matched = {m: [] for m in methods}  # greedy only: tokens equal to AR's before the first change
+    matched = {
+        m: [] for m in methods
+    }  # greedy only: tokens equal to AR's before the first difference
     for repeat in range(protocol.repeats):
         order = methods[repeat % len(methods) :] + methods[: repeat % len(methods)]
         per_method = {m: [] for m in methods}
