@@ -331,9 +331,9 @@ class Transformer(nnx.Module):
 def loop_layers(model: Transformer) -> Transformer:
     """The same function with stacked (scanned) layers split into a Python loop of blocks.
 
-    For decoding: inside `lax.scan`, XLA copies each layer's weights out of the stack at every
-    step, which costs more than a memory-bound decode's matmuls (7B in bf16 on an H200: 11.4 ms
-    per token scanned, 4.6 ms looped). Training keeps the scan, for its compile time. Until
+    For decoding: inside `lax.scan`, XLA appears to materialise each layer's weight slice at
+    every step, which costs more than a memory-bound decode's matmuls (7B in bf16 on an H200:
+    11.4 ms per token scanned, 4.6 ms looped). Training keeps the scan, for its compile time. Until
     `model` is dropped both copies of the layer weights are held. Returns `model` itself when
     its layers are not stacked.
     """
