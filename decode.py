@@ -9,6 +9,7 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pass_jax import cli
+from pass_jax.config import DTYPE_NAMES
 from pass_jax.decode import METHODS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -25,9 +26,7 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Top-p (nucleus) filtering (1: off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate.")
 _COMPARE = flags.DEFINE_bool("compare", False, "Also run autoregressive decoding and compare.")
-_DTYPE = flags.DEFINE_enum(
-    "dtype", None, ["float32", "bfloat16", "float16"], "Compute dtype (default: the checkpoint's)."
-)
+_DTYPE = flags.DEFINE_enum("dtype", None, DTYPE_NAMES, "Compute dtype (default: the checkpoint's).")
 flags.mark_flag_as_required("config")
 flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_file"], required=True)
 

@@ -9,6 +9,7 @@ from typing import Any
 import jax.numpy as jnp
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+DTYPE_NAMES = tuple(_DTYPES)  # the dtypes a ModelConfig (and every --dtype flag) accepts
 _ROPE_TYPES = ("default", "linear", "llama3")
 
 

@@ -49,10 +49,8 @@ from flax import nnx
 from orbax.checkpoint import future
 
 from pass_jax import checkpoint, hf
-from pass_jax.config import ModelConfig
+from pass_jax.config import DTYPE_NAMES, ModelConfig
 from pass_jax.model import Transformer
-
-_DTYPES = ("float32", "bfloat16", "float16")
 
 
 def _release_freed_memory() -> None:
@@ -146,8 +144,8 @@ def convert(
     """Converts a local HF `LlamaForCausalLM` checkpoint into a step directory at `out` (which
     must not exist); returns the model config stored with it. `dtype` is the storage (and
     compute) dtype."""
-    if dtype not in _DTYPES:
-        raise ValueError(f"dtype {dtype!r}: choose one of {_DTYPES}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"dtype {dtype!r}: choose one of {DTYPE_NAMES}")
     out = Path(out).absolute()
     if out.exists():
         raise FileExistsError(f"{out} exists: give a new directory")
@@ -193,7 +191,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--hf_dir", required=True, help="HF checkpoint directory (safetensors)")
     parser.add_argument("--out", required=True, help="new output directory")
-    parser.add_argument("--dtype", default="bfloat16", choices=_DTYPES)
+    parser.add_argument("--dtype", default="bfloat16", choices=DTYPE_NAMES)
     parser.add_argument("--scan_layers", action="store_true", help="stacked [n_layers, ...]")
     parser.add_argument("--num_lookahead", type=int, default=8, help="L_max (0: no table)")
     args = parser.parse_args(argv)

@@ -24,6 +24,7 @@ from ml_collections import config_flags
 
 from pass_jax import cli, data
 from pass_jax.bench import protocol, report
+from pass_jax.config import DTYPE_NAMES
 from pass_jax.experiment import ExperimentConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
@@ -39,9 +40,7 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (medians are report
 _TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.2", "0.5", "0.8"], "Temperatures.")
 _LOOKAHEADS = flags.DEFINE_list("lookaheads", ["1", "2", "4", "6", "8"], "The L sweep.")
 _NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
-_DTYPE = flags.DEFINE_enum(
-    "dtype", None, ["float32", "bfloat16", "float16"], "Compute dtype (default: the checkpoint's)."
-)
+_DTYPE = flags.DEFINE_enum("dtype", None, DTYPE_NAMES, "Compute dtype (default: the checkpoint's).")
 flags.mark_flags_as_required(["config", "workdir"])
 
 STAGE_LABELS = {
