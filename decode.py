@@ -26,7 +26,9 @@ _TOP_P = flags.DEFINE_float("top_p", 1.0, "Top-p (nucleus) filtering (1: off).")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 _MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate.")
 _COMPARE = flags.DEFINE_bool("compare", False, "Also run autoregressive decoding and compare.")
-_DTYPE = flags.DEFINE_enum("dtype", None, DTYPE_NAMES, "Compute dtype (default: the checkpoint's).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, DTYPE_NAMES, "Compute dtype, matmul operands too (default: the checkpoint's)."
+)
 flags.mark_flag_as_required("config")
 flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_file"], required=True)
 

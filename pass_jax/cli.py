@@ -133,12 +133,12 @@ def find_checkpoint(exp: ExperimentConfig, workdir: str | None, stage: str | Non
 
 def load_model(checkpoint: Path, *, dtype: str | None = None) -> Transformer:
     """A model built from a checkpoint's stored config, with its weights, laid out for decoding
-    (scanned layers looped: `model.loop_layers`); `dtype` overrides the stored compute dtype."""
+    (scanned layers looped: `model.loop_layers`); `dtype` overrides the stored compute dtype,
+    and the matmuls then take their operands in it too."""
     directory = step_dir(checkpoint)
     stored = read_meta(directory)["model"]
-    model = Transformer(
-        ModelConfig.from_dict({**stored, **({"dtype": dtype} if dtype else {})}), rngs=nnx.Rngs(0)
-    )
+    override = {"dtype": dtype, "matmul_dtype": None} if dtype else {}
+    model = Transformer(ModelConfig.from_dict({**stored, **override}), rngs=nnx.Rngs(0))
     load_params(model, directory)
     return loop_layers(model)
 

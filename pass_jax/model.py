@@ -20,6 +20,7 @@ from flax import nnx
 
 from pass_jax.config import ModelConfig, RopeScaling
 from pass_jax.kv_cache import KVCache
+from pass_jax.matmul import contract
 from pass_jax.sharding import HIDDEN, LOGITS, constrain
 
 _MASKED = -1e30
@@ -116,20 +117,27 @@ class RMSNorm(nnx.Module):
         return (self.scale[...].astype(jnp.float32) * xf).astype(x.dtype)
 
 
-def attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array) -> jax.Array:
-    """Grouped-query attention.
+def attend(
+    q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, operand_dtype: jnp.dtype
+) -> jax.Array:
+    """Grouped-query attention, its two matmuls on operands rounded to `operand_dtype`.
 
     q [B, T, H, D]; k, v [B, S, K, D] with K dividing H; mask [B, T, S] bool. Returns [B, T, H, D].
     """
     batch, block_len, n_heads, head_dim = q.shape
     n_kv = k.shape[2]
     q = q.reshape(batch, block_len, n_kv, n_heads // n_kv, head_dim)  # [B, T, K, G, D]
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32)
+    scores = contract("btkgd,bskd->bkgts", q, k, operand_dtype, jnp.float32)
     scores = scores * (head_dim**-0.5)  # [B, K, G, T, S]
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASKED)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)  # [B, T, K, G, D]
+    out = contract("bkgts,bskd->btkgd", probs, v, operand_dtype)  # [B, T, K, G, D]
     return out.reshape(batch, block_len, n_heads, head_dim)
+
+
+def _project(spec: str, x: jax.Array, weight: nnx.Param, module: nnx.Module) -> jax.Array:
+    """`einsum(spec, x, weight)` in the module's compute dtype, operands rounded as it says."""
+    return contract(spec, x, weight[...].astype(module.dtype), module.operand_dtype)
 
 
 class Attention(nnx.Module):
@@ -139,7 +147,7 @@ class Attention(nnx.Module):
         self.wk = _weight(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), config, stack)
         self.wv = _weight(rngs, (d, k, hd), ("embed", "kv_heads", "head_dim"), config, stack)
         self.wo = _weight(rngs, (h, hd, d), ("q_heads", "head_dim", "embed"), config, stack)
-        self.dtype = config.compute_dtype
+        self.dtype, self.operand_dtype = config.compute_dtype, config.operand_dtype
 
     def __call__(
         self,
@@ -151,9 +159,9 @@ class Attention(nnx.Module):
     ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
         """Self-attention; with `kv = (k_all, v_all, layer, slots)` the block's keys and values
         are written into layer `layer` of the cache arrays at `slots` [B, T] first."""
-        q = jnp.einsum("btd,dhk->bthk", x, self.wq[...].astype(self.dtype))
-        k = jnp.einsum("btd,dhk->bthk", x, self.wk[...].astype(self.dtype))
-        v = jnp.einsum("btd,dhk->bthk", x, self.wv[...].astype(self.dtype))
+        q = _project("btd,dhk->bthk", x, self.wq, self)
+        k = _project("btd,dhk->bthk", x, self.wk, self)
+        v = _project("btd,dhk->bthk", x, self.wv, self)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         new_kv = None
         if kv is not None:
@@ -162,8 +170,8 @@ class Attention(nnx.Module):
             k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype))
             v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype))
             k, v, new_kv = k_all[layer], v_all[layer], (k_all, v_all)
-        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask)
-        return jnp.einsum("bthk,hkd->btd", out, self.wo[...].astype(self.dtype)), new_kv
+        out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.operand_dtype)
+        return _project("bthk,hkd->btd", out, self.wo, self), new_kv
 
 
 class MLP(nnx.Module):
@@ -174,12 +182,12 @@ class MLP(nnx.Module):
         self.w_gate = _weight(rngs, (d, f), ("embed", "mlp"), config, stack)
         self.w_up = _weight(rngs, (d, f), ("embed", "mlp"), config, stack)
         self.w_down = _weight(rngs, (f, d), ("mlp", "embed"), config, stack)
-        self.dtype = config.compute_dtype
+        self.dtype, self.operand_dtype = config.compute_dtype, config.operand_dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gate = x @ self.w_gate[...].astype(self.dtype)
-        up = x @ self.w_up[...].astype(self.dtype)
-        return (jax.nn.silu(gate) * up) @ self.w_down[...].astype(self.dtype)
+    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, d]
+        gate = _project("btd,df->btf", x, self.w_gate, self)  # [B, T, F]
+        up = _project("btd,df->btf", x, self.w_up, self)
+        return _project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, self)
 
 
 class Block(nnx.Module):
@@ -299,12 +307,13 @@ class Transformer(nnx.Module):
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Output logits [..., vocab] in float32 from final hidden states [..., d]."""
-        dtype = self.config.compute_dtype
-        if self.config.tie_embeddings:
-            head = self.embed[...].astype(dtype).T
+        config = self.config
+        lead = "ABCDEFG"[: hidden.ndim - 1]  # the leading axes, kept
+        if config.tie_embeddings:
+            head, spec = self.embed[...].astype(config.compute_dtype), f"{lead}d,vd->{lead}v"
         else:
-            head = self.lm_head[...].astype(dtype)
-        return jnp.einsum("...d,dv->...v", hidden, head, preferred_element_type=jnp.float32)
+            head, spec = self.lm_head[...].astype(config.compute_dtype), f"{lead}d,dv->{lead}v"
+        return contract(spec, hidden, head, config.operand_dtype, jnp.float32)
 
     def __call__(
         self,

@@ -68,12 +68,13 @@ def test_train_step_benchmark_reads_the_steps_flops():
     config = default_config()
     config.model.update(
         d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128, max_seq_len=64,
-        max_lookahead=2,
+        max_lookahead=2, matmul_dtype="bfloat16",
     )  # fmt: skip
     config.tokenizer.vocab_size = 256
     config.data.update(seq_len=32, batch_size=4)
     exp = ExperimentConfig.from_config(config)
     result = train_step.measure(exp, "base", row_groups=2, steps=1, repeats=1)
+    assert result["matmul_operands"] == "bfloat16"
 
     # 6 FLOPs per weight per token (forward + backward) in the layers and the output head, and
     # the attention scores and mixing: 12 * layers * seq_len * heads * head_dim per token.

@@ -140,18 +140,21 @@ def test_a_corpus_too_small_for_the_held_out_set_names_the_fix(tmp_path):
 
 
 def test_load_model_loops_scanned_layers_and_takes_a_compute_dtype(tmp_path):
-    trained = tiny_model(3, scan_layers=True, remat=True)
+    trained = tiny_model(3, scan_layers=True, remat=True, matmul_dtype="bfloat16")
     store = CheckpointStore(tmp_path, async_save=False)
     store.save(7, split_params(trained), {"step": 7, "model": trained.config.to_dict()})
     store.close()
     tokens = jnp.asarray([[3, 1, 4, 1, 5]])
     loaded = cli.load_model(tmp_path)
     assert not loaded.config.scan_layers and loaded.config.dtype == "float32"
+    assert loaded.config.matmul_dtype == "bfloat16"
     np.testing.assert_allclose(loaded(tokens), trained(tokens), atol=1e-6)
-    in_bf16 = cli.load_model(tmp_path, dtype="bfloat16")
-    assert in_bf16.config.dtype == "bfloat16" and in_bf16.config.param_dtype == "float32"
-    difference = np.abs(np.asarray(in_bf16(tokens)) - np.asarray(trained(tokens))).max()
-    assert 1e-6 < difference < 0.05  # computed in bf16, from the same weights
+    for dtype in ("bfloat16", "float32"):  # the compute dtype, and the matmuls' operands too
+        other = cli.load_model(tmp_path, dtype=dtype)
+        assert other.config.dtype == dtype and other.config.matmul_dtype is None
+        assert other.config.param_dtype == "float32"
+        difference = np.abs(np.asarray(other(tokens)) - np.asarray(trained(tokens))).max()
+        assert 1e-6 < difference < 0.05  # computed otherwise, from the same weights
 
 
 def test_unknown_config_override_is_a_clear_error(tmp_path):

@@ -40,7 +40,9 @@ _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (medians are report
 _TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.2", "0.5", "0.8"], "Temperatures.")
 _LOOKAHEADS = flags.DEFINE_list("lookaheads", ["1", "2", "4", "6", "8"], "The L sweep.")
 _NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
-_DTYPE = flags.DEFINE_enum("dtype", None, DTYPE_NAMES, "Compute dtype (default: the checkpoint's).")
+_DTYPE = flags.DEFINE_enum(
+    "dtype", None, DTYPE_NAMES, "Compute dtype, matmul operands too (default: the checkpoint's)."
+)
 flags.mark_flags_as_required(["config", "workdir"])
 
 STAGE_LABELS = {

@@ -6,13 +6,15 @@
 Times the config's train step (random weights and tokens: they do not change the cost; compile
 time reported apart, warm-up steps untimed, median over repeats) and reads its FLOPs from XLA's
 cost analysis. Beside it, the rate of one jitted matrix multiply of each shape the step's layers
-and output head run (`[batch * seq_len, d_model] @ [d_model, n]`), sampled between the timed
-steps (the same machine states): tokens/s at that rate is what the step would reach if all its
-FLOPs ran as fast as its matrix multiplies do in isolation.
+and output head run (`[batch * seq_len, d_model] @ [d_model, n]`, on operands of the model's
+`matmul_dtype`, accumulating in its compute dtype), sampled between the timed steps (the same
+machine states): tokens/s at that rate is what the step would reach if all its FLOPs ran as
+fast as its matrix multiplies do in isolation.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import statistics
 import time
@@ -25,6 +27,7 @@ from flax import nnx
 from ml_collections import config_flags
 
 from pass_jax.bench.report import machine
+from pass_jax.config import ModelConfig
 from pass_jax.experiment import ExperimentConfig
 from pass_jax.model import Transformer
 from pass_jax.optim import make_optimizer
@@ -37,19 +40,22 @@ _STEPS = flags.DEFINE_integer("steps", 10, "Train steps per timed repeat.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (the median is reported).")
 
 
-_MATMUL = jax.jit(jnp.matmul)
+@functools.partial(jax.jit, static_argnums=2)
+def _matmul(a: jax.Array, b: jax.Array, out_dtype: jnp.dtype) -> jax.Array:
+    return jnp.matmul(a, b, preferred_element_type=out_dtype)
 
 
-def _matmul_seconds(rows: int, d_model: int, widths: list[int], calls: int = 10) -> dict:
-    """Median seconds of `calls` jitted float32 `[rows, d_model] @ [d_model, n]`, by width n."""
+def _matmul_seconds(config: ModelConfig, rows: int, widths: list[int], calls: int = 10) -> dict:
+    """Median seconds of `calls` jitted `[rows, d_model] @ [d_model, n]` on the config's matmul
+    operands, by width n."""
     seconds = {}
     for width in widths:
-        a = jnp.ones((rows, d_model), jnp.float32)
-        b = jnp.ones((d_model, width), jnp.float32)
+        a = jnp.ones((rows, config.d_model), config.operand_dtype)
+        b = jnp.ones((config.d_model, width), config.operand_dtype)
         times = []
         for _ in range(calls):
             start = time.perf_counter()
-            jax.block_until_ready(_MATMUL(a, b))
+            jax.block_until_ready(_matmul(a, b, config.compute_dtype))
             times.append(time.perf_counter() - start)
         seconds[width] = statistics.median(times)
     return seconds
@@ -87,7 +93,7 @@ def measure(
     tokens = shape[0] * shape[1]  # text tokens per step, as train.py counts them
     widths = sorted({config.d_model, config.n_kv_heads * config.head_dim, config.d_ff})
     widths.append(config.vocab_size)
-    _matmul_seconds(tokens, config.d_model, widths, calls=1)  # compiles
+    _matmul_seconds(config, tokens, widths, calls=1)  # compiles
     state, _ = run(state)  # warm-up
     # Steps and matmuls sampled alternately, so that both see the same machine states.
     step_times, matmul_times = [], []
@@ -96,7 +102,7 @@ def measure(
         state, metrics = run(state)
         jax.block_until_ready(metrics)
         step_times.append((time.perf_counter() - start) / steps)
-        matmul_times.append(_matmul_seconds(tokens, config.d_model, widths))
+        matmul_times.append(_matmul_seconds(config, tokens, widths))
     step_s = statistics.median(step_times)
     rates = {
         n: 2 * tokens * config.d_model * n / statistics.median(t[n] for t in matmul_times) / 1e9
@@ -105,6 +111,7 @@ def measure(
     return {
         "stage": stage.name,
         "params_millions": config.num_params / 1e6,
+        "matmul_operands": config.operand_dtype.name,
         "batch": list(shape),
         "row_groups": row_groups,
         "compile_s": compile_s,

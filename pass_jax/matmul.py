@@ -1,0 +1,86 @@
+"""Two-operand contractions whose operands may be rounded to a narrower dtype.
+
+`ModelConfig.matmul_dtype="bfloat16"` on a float32 model rounds the operands of every matrix
+multiply to bfloat16 and accumulates in float32, forward and backward, as an accelerator's
+default matmul precision does. Where the hardware multiplies bfloat16 faster than float32
+(AVX512-BF16 CPUs: about 1.5-2x per matmul; GPUs, TPUs) the train step speeds up, while the
+weights, norms, softmaxes, residual stream and optimizer stay float32.
+
+XLA's autodiff of `einsum(x.astype(bf16), w.astype(bf16))` would multiply the float32
+cotangent by the upcast operand, i.e. run the backward matmuls (two thirds of a train step's
+FLOPs) in float32; `contract` has its own VJP that rounds the cotangent as well.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+
+def _terms(spec: str) -> tuple[str, str, str]:
+    """`"lhs,rhs->out"` split into its three index strings, checked to have a transpose."""
+    inputs, arrow, out = spec.replace(" ", "").partition("->")
+    lhs, comma, rhs = inputs.partition(",")
+    if not arrow or not comma or "." in spec or "," in rhs:
+        raise ValueError(f"contract takes an explicit two-operand spec 'ab,bc->ac', got {spec!r}")
+    for name, term, others in ((lhs, lhs, rhs + out), (rhs, rhs, lhs + out)):
+        lonely = [i for i in term if i not in others]
+        if lonely or len(set(term)) != len(term):
+            raise ValueError(
+                f"contract spec {spec!r}: every index of {name!r} must appear once in it and "
+                "again in the other operand or the output"
+            )
+    return lhs, rhs, out
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _rounded_einsum(spec: str, operand_dtype: jnp.dtype, a: jax.Array, b: jax.Array) -> jax.Array:
+    return _rounded_einsum_fwd(spec, operand_dtype, a, b)[0]
+
+
+def _rounded_einsum_fwd(spec, operand_dtype, a, b):
+    a_low, b_low = a.astype(operand_dtype), b.astype(operand_dtype)
+    out = jnp.einsum(spec, a_low, b_low, preferred_element_type=a.dtype)
+    return out, (a_low, b_low)  # the rounded operands: half the residual memory
+
+
+def _rounded_einsum_bwd(spec, operand_dtype, residuals, cotangent):
+    a_low, b_low = residuals
+    lhs, rhs, out = _terms(spec)
+    g_low = cotangent.astype(operand_dtype)
+    acc = cotangent.dtype  # the operands' own dtype
+    grad_a = jnp.einsum(f"{out},{rhs}->{lhs}", g_low, b_low, preferred_element_type=acc)
+    grad_b = jnp.einsum(f"{lhs},{out}->{rhs}", a_low, g_low, preferred_element_type=acc)
+    return grad_a, grad_b
+
+
+_rounded_einsum.defvjp(_rounded_einsum_fwd, _rounded_einsum_bwd)
+
+
+def contract(
+    spec: str,
+    a: jax.Array,
+    b: jax.Array,
+    operand_dtype: jnp.dtype,
+    out_dtype: jnp.dtype | None = None,
+) -> jax.Array:
+    """`einsum(spec, a, b)` with both operands rounded to `operand_dtype`.
+
+    When `operand_dtype` is the operands' own dtype this is a plain einsum accumulating in
+    `out_dtype` (default: theirs). Otherwise a and b share a dtype wider than `operand_dtype`;
+    the products accumulate in it, and the gradients round their operands (the cotangent too)
+    to `operand_dtype` and accumulate in it. `spec` is explicit (no `...`) and every index
+    appears in two of its terms.
+    """
+    if a.dtype == b.dtype == operand_dtype:
+        return jnp.einsum(spec, a, b, preferred_element_type=out_dtype)
+    if a.dtype != b.dtype or jnp.dtype(operand_dtype).itemsize >= a.dtype.itemsize:
+        raise ValueError(
+            f"contract rounds operands of one dtype to a narrower one; got {a.dtype} and "
+            f"{b.dtype} rounded to {jnp.dtype(operand_dtype)}"
+        )
+    _terms(spec)
+    out = _rounded_einsum(spec, jnp.dtype(operand_dtype), a, b)
+    return out if out_dtype is None else out.astype(out_dtype)
