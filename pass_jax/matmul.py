@@ -1,8 +1,8 @@
 """Two-operand contractions whose operands may be rounded to a narrower dtype.
 
 `ModelConfig.matmul_dtype="bfloat16"` on a float32 model rounds the operands of every matrix
-multiply to bfloat16 and accumulates in float32, forward and backward, as an accelerator's
-default matmul precision does. Where the hardware multiplies bfloat16 faster than float32
+multiply to bfloat16 and accumulates in float32, forward and backward, as a TPU's default
+matmul precision does. Where the hardware multiplies bfloat16 faster than float32
 (AVX512-BF16 CPUs: about 1.5-2x per matmul; GPUs, TPUs) the train step speeds up, while the
 weights, norms, softmaxes, residual stream and optimizer stay float32.
 
@@ -25,11 +25,10 @@ def _terms(spec: str) -> tuple[str, str, str]:
     lhs, comma, rhs = inputs.partition(",")
     if not arrow or not comma or "." in spec or "," in rhs:
         raise ValueError(f"contract takes an explicit two-operand spec 'ab,bc->ac', got {spec!r}")
-    for name, term, others in ((lhs, lhs, rhs + out), (rhs, rhs, lhs + out)):
-        lonely = [i for i in term if i not in others]
-        if lonely or len(set(term)) != len(term):
+    for term, others in ((lhs, rhs + out), (rhs, lhs + out)):
+        if len(set(term)) != len(term) or any(i not in others for i in term):
             raise ValueError(
-                f"contract spec {spec!r}: every index of {name!r} must appear once in it and "
+                f"contract spec {spec!r}: every index of {term!r} must appear once in it and "
                 "again in the other operand or the output"
             )
     return lhs, rhs, out
