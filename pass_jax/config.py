@@ -76,24 +76,19 @@ class ModelConfig:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        for name in ("dtype", "param_dtype"):
+        optional = ("matmul_dtype",) if self.matmul_dtype is not None else ()
+        for name in ("dtype", "param_dtype", *optional):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(
                     f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {list(_DTYPES)}"
                 )
-        if self.matmul_dtype is not None:
-            if self.matmul_dtype not in _DTYPES:
-                raise ValueError(
-                    f"ModelConfig.matmul_dtype={self.matmul_dtype!r}; choose one of "
-                    f"{list(_DTYPES)} or None"
-                )
-            if self.matmul_dtype != self.dtype and (
-                self.operand_dtype.itemsize >= self.compute_dtype.itemsize
-            ):
-                raise ValueError(
-                    f"ModelConfig.matmul_dtype={self.matmul_dtype!r} must be narrower than "
-                    f"dtype={self.dtype!r} (or equal to it)"
-                )
+        if self.matmul_dtype not in (None, self.dtype) and (
+            self.operand_dtype.itemsize >= self.compute_dtype.itemsize
+        ):
+            raise ValueError(
+                f"ModelConfig.matmul_dtype={self.matmul_dtype!r} must be narrower than "
+                f"dtype={self.dtype!r} (or equal to it)"
+            )
         if self.max_lookahead < 0:
             raise ValueError(f"max_lookahead must be >= 0, got {self.max_lookahead}")
         if not 0 <= self.unk_id < self.vocab_size:

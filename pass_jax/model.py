@@ -10,7 +10,6 @@ device mesh.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 
 import jax
@@ -348,7 +347,7 @@ def loop_layers(model: Transformer) -> Transformer:
     """
     if not model.config.scan_layers:
         return model
-    config = dataclasses.replace(model.config, scan_layers=False, remat=False)
+    config = model.config.replace(scan_layers=False, remat=False)
     looped = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     pure = nnx.to_pure_dict(nnx.state(model))
     stacked = pure["layers"]

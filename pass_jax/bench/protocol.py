@@ -108,9 +108,8 @@ def measure_temperature(
     }
     seconds = {m: [] for m in methods}  # per repeat: mean seconds per sequence
     counts = {m: {"tokens": 0, "calls": 0, "reached": 0, "accepted": 0} for m in methods}
-    matched = {
-        m: [] for m in methods
-    }  # greedy only: tokens equal to AR's before the first difference
+    # Greedy only: per sequence, the tokens equal to AR's before the first difference.
+    matched = {m: [] for m in methods}
     for repeat in range(protocol.repeats):
         order = methods[repeat % len(methods) :] + methods[: repeat % len(methods)]
         per_method = {m: [] for m in methods}
