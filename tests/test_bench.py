@@ -3,9 +3,10 @@
 import json
 
 import pytest
-from conftest import chain_model
+from conftest import chain_model, tiny_model
 
 from pass_jax.bench import protocol, report, train_step
+from pass_jax.bench.timing import ForwardTimer
 from pass_jax.experiment import ExperimentConfig, default_config
 
 
@@ -92,3 +93,13 @@ def test_train_step_benchmark_reads_the_steps_flops():
     }
     with pytest.raises(ValueError, match="stage 'distill' is not one of the config's"):
         train_step.measure(exp, "distill", row_groups=1, steps=1, repeats=1)
+
+
+def test_forward_timer_starts_early_enough_to_fit_its_calls_in_the_cache():
+    # `bench.loop_overhead --max_new_tokens 16`: a 32-slot cache, a mean context of 16, too
+    # short for 16 timed calls of 16 tokens from position 8, so the timed calls start earlier.
+    timer = ForwardTimer(tiny_model(), [1, 16], context=16, capacity=32)
+    timer.sample()
+    assert set(timer.relative_cost()) == {1, 16}
+    with pytest.raises(ValueError, match="capacity 31 is too small for 16 calls"):
+        ForwardTimer(tiny_model(), [1, 16], context=8, capacity=31)

@@ -21,10 +21,10 @@ class ForwardTimer:
     A forward is measured as the decoding loop runs it: `calls_per_run` forwards inside one
     jitted `fori_loop` (no per-call Python dispatch), the cache donated and carried from call to
     call, each call committing one position (so that positions and masks change from call to
-    call, as in decoding; the mean length is `context`). Every length is compiled and warmed up
-    once; `sample()` then times one run of each length, in a rotating order, so a caller can
-    interleave samples with other work and drift hits every length alike. Figures are medians
-    over all samples.
+    call, as in decoding; the mean length is `context`, or as near it as `capacity` allows).
+    Every length is compiled and warmed up once; `sample()` then times one run of each length,
+    in a rotating order, so a caller can interleave samples with other work and drift hits
+    every length alike. Figures are medians over all samples.
     """
 
     def __init__(
@@ -42,9 +42,13 @@ class ForwardTimer:
         self._rotation = 0
         graphdef, self._params = nnx.split(model)
 
-        start = max(context - calls_per_run // 2, 0)
-        if start + calls_per_run + max(self.block_lens) > capacity:
-            raise ValueError(f"capacity {capacity} is too small for context {context}")
+        room = capacity - calls_per_run - max(self.block_lens)  # the latest start that fits
+        if room < 0:
+            raise ValueError(
+                f"capacity {capacity} is too small for {calls_per_run} calls on up to "
+                f"{max(self.block_lens)} tokens"
+            )
+        start = min(max(context - calls_per_run // 2, 0), room)
 
         def run(params, cache, tokens):
             model = nnx.merge(graphdef, params)
