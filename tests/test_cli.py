@@ -41,14 +41,16 @@ TINY_OVERRIDES = {
     "tokenizer.max_train_bytes": 300_000,
     "data.max_documents": 24,
     "data.seq_len": 32,
-    "data.batch_size": 2,
+    "data.batch_size": 4,  # 4 row groups; 3 rows of the joint batch generated
     "base.steps": 3,
     "base.warmup_steps": 1,
     "lookahead.steps": 2,
     "lookahead.warmup_steps": 1,
     "joint.steps": 2,
     "joint.warmup_steps": 1,
-    "eval.loss_sequences": 2,
+    "joint.generations": 4,
+    "joint.generation_prompt_len": 8,
+    "eval.loss_sequences": 4,
     "eval.num_prompts": 1,
     "eval.prompt_len": 8,
     "eval.max_new_tokens": 8,
@@ -181,12 +183,12 @@ def test_misspelt_config_file_key_is_a_clear_error(section, key, message):
 
 def test_held_out_set_must_fill_whole_batches():
     config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
-    config.eval.loss_sequences = 6  # tiny's batch is 4
+    config.eval.loss_sequences = 6  # tiny's batch is 8
     with pytest.raises(ValueError, match="loss_sequences=6 must be a multiple of"):
         ExperimentConfig.from_config(config)
 
 
-@pytest.mark.parametrize("name", ["tiny.py", "small.py", "gpu_100m.py", "7b.py"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
 def test_config_files_check_and_type_their_overrides(name):
     """Every shipped config passes the checks, and an override of a key that defaults to None
     is type-checked by its placeholder (a string where an int belongs is refused)."""
