@@ -55,6 +55,13 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
     table = files["markdown"].read_text()
     assert "| PaSS, L=2 |" in table and "### chain" in table and "T=0.8" in table
     assert "PaSS, L=2: 100% identical, 12 tokens agree on average" in table
+    assert "L sweep at T=0.8, and every PaSS figure:" in table
+    # Without T=0.8 no sweep runs, and the table does not announce one.
+    results["protocol"]["temperatures"] = (0.0,)
+    for model in results["models"].values():
+        model["records"] = [r for r in model["records"] if r["temperature"] == 0.0]
+    greedy_only = report.markdown(results, machine="test")
+    assert "L sweep" not in greedy_only and "Every PaSS figure:" in greedy_only
 
 
 def test_greedy_agreement_counts_the_tokens_before_the_first_difference():

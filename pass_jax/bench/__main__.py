@@ -38,7 +38,11 @@ _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Tokens per prompt.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "New tokens per sequence.")
 _REPEATS = flags.DEFINE_integer("repeats", 3, "Timed repeats (medians are reported).")
 _TEMPERATURES = flags.DEFINE_list("temperatures", ["0", "0.2", "0.5", "0.8"], "Temperatures.")
-_LOOKAHEADS = flags.DEFINE_list("lookaheads", ["1", "2", "4", "6", "8"], "The L sweep.")
+_LOOKAHEADS = flags.DEFINE_list(
+    "lookaheads",
+    ["1", "2", "4", "6", "8"],
+    "The L sweep: run at T=0.8 when --temperatures includes it; each L+1 joins the cost curve.",
+)
 _NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
 _DTYPE = flags.DEFINE_enum(
     "dtype", None, DTYPE_NAMES, "Compute dtype, matmul operands too (default: the checkpoint's)."

@@ -65,7 +65,9 @@ def markdown(results: dict[str, Any], machine: str) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            f"L sweep at T={protocol['sweep_temperature']}, and every PaSS figure:",
+            f"L sweep at T={protocol['sweep_temperature']}, and every PaSS figure:"
+            if protocol["sweep_temperature"] in temps
+            else "Every PaSS figure:",
             "",
             "| method | T | s/seq | speedup | projected | tau | tau theory | tau bound | "
             "acceptance by position |",
