@@ -10,7 +10,7 @@ from ml_collections import config_flags
 
 from pass_jax import cli
 from pass_jax.config import DTYPE_NAMES
-from pass_jax.decode import METHODS
+from pass_jax.decode.generation import METHODS
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, checkpoints).")

@@ -1,6 +1,6 @@
 """LLaMA-2-7B: the paper's lookahead recipe on a frozen, converted base (bf16, scanned layers).
 
-    python -m pass_jax.convert --hf_dir /ckpt/Llama-2-7b-hf --out /ckpt/llama2_7b_orbax \\
+    python -m pass_jax.io.convert --hf_dir /ckpt/Llama-2-7b-hf --out /ckpt/llama2_7b_orbax \\
         --dtype bfloat16 --scan_layers
     python train.py --config configs/7b.py --workdir /runs/7b \\
         --config.train.init_from=/ckpt/llama2_7b_orbax \\
@@ -38,7 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     # The paper's recipe: base frozen, only the table trained; AdamW lr 1e-2, batch 8, 10k steps,
     # 2k linear warmup steps then cosine decay.
     config.lookahead.update(steps=10_000, warmup_steps=2_000)
-    # init_from: the converted base checkpoint (`python -m pass_jax.convert`).
+    # init_from: the converted base checkpoint (`python -m pass_jax.io.convert`).
     config.train.update(log_every=50, checkpoint_every=500)
     config.eval.update(split="train[99%:]", loss_sequences=128, num_prompts=32, prompt_len=128)
     config.decode.update(num_lookahead=4, batch_size=8, prompt_len=512, max_new_tokens=512)

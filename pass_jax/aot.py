@@ -2,7 +2,7 @@
 
 The model is built with `nnx.eval_shape` (no weights allocated), every argument is a
 `jax.ShapeDtypeStruct` carrying its `NamedSharding` on the mesh, and the programs are lowered
-exactly as `generate` lowers them (`decode.lower`), then compiled; XLA's `memory_analysis()`
+exactly as `generate` lowers them (`generation.lower`), then compiled; XLA's `memory_analysis()`
 gives the per-device argument / output / alias / temp sizes. On a CPU host with fake devices
 (`--fake_devices 8`) this checks that a configuration partitions and compiles, and sizes it:
 
@@ -18,12 +18,12 @@ Two figures bound what a GPU/TPU device needs:
   GPU/TPU program has (float32 weights have no such copy). Most of the rest of the decoding
   loop's temp is one more copy of the KV cache.
 
-`train_report` does the same for one stage's train step, exactly as `training.Trainer` jits it
+`train_report` does the same for one stage's train step, exactly as `trainer.Trainer` jits it
 (state and batch shardings pinned, state donated); its resident figure is params + optimizer
 state. `python train.py --config ... --dry_run` prints both reports for an experiment.
 
 Any program that takes the graphdef first (`fn(graphdef, *args, **static)`, like
-`loops.prefill` or `loops.decode`) can be checked with `compile_program`.
+`loop.prefill` or `loop.decode`) can be checked with `compile_program`.
 """
 
 from __future__ import annotations
@@ -44,12 +44,14 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from ml_collections import config_flags
 
-from pass_jax import decode, loops, sharding, training
+from pass_jax import sharding
 from pass_jax.config import ModelConfig
+from pass_jax.decode import generation, loop
 from pass_jax.experiment import StageConfig
 from pass_jax.model import Transformer
-from pass_jax.optim import make_optimizer
 from pass_jax.sampling import SamplingConfig, SamplingParams
+from pass_jax.training import trainer
+from pass_jax.training.optim import make_optimizer
 
 GiB = 1 << 30
 # Nominal memory per device, before what the runtime reserves.
@@ -187,7 +189,7 @@ def compile_program(
 ) -> tuple[jax.stages.Compiled, ProgramMemory]:
     """Lowers and compiles `fn(*args, **static)` like `generate` does (`args[0]` static,
     `donate` indexing `args[1:]`); returns the executable and its memory figures."""
-    return _measure(name, lambda: decode.lower(fn, args, donate, **static))
+    return _measure(name, lambda: generation.lower(fn, args, donate, **static))
 
 
 def abstract_train_state(
@@ -216,7 +218,7 @@ def train_report(
     )
     key = jax.eval_shape(lambda: jax.random.key(0))
     key = jax.ShapeDtypeStruct(key.shape, key.dtype, sharding=NamedSharding(mesh, PartitionSpec()))
-    step = training.train_step_program(
+    step = trainer.train_step_program(
         graphdef, stage, config.max_lookahead, shardings, batch.sharding
     )
 
@@ -249,8 +251,10 @@ def decode_report(
 ) -> DecodeReport:
     """Compiles prefill and the decoding loop (PaSS with `num_lookahead` drafts, or AR for 0)
     for `batch_size` prompts of `prompt_len` tokens and `max_new_tokens` new tokens."""
-    prompt_block, capacity = decode.cache_shape(config, prompt_len, max_new_tokens, num_lookahead)
-    buffer_len = decode.bucket(max_new_tokens)
+    prompt_block, capacity = generation.cache_shape(
+        config, prompt_len, max_new_tokens, num_lookahead
+    )
+    buffer_len = generation.bucket(max_new_tokens)
     graphdef, params = abstract_model(config, mesh)
 
     def batched(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
@@ -263,13 +267,13 @@ def decode_report(
         batched((batch_size,), jnp.int32),
     )
     prefill, prefill_memory = compile_program(
-        "prefill", loops.prefill, prefill_args, capacity=capacity
+        "prefill", loop.prefill, prefill_args, capacity=capacity
     )
     cache = _with_shardings(prefill.out_info, prefill.output_shardings)
 
     sampling_config = SamplingConfig(temperature=0.0 if greedy else 1.0)
     replicated = NamedSharding(mesh, PartitionSpec())
-    consts = loops.LoopConstants(
+    consts = loop.LoopConstants(
         max_new=jnp.int32(max_new_tokens),
         eos_id=jnp.int32(-1),
         sampling=SamplingParams.from_config(sampling_config),
@@ -286,12 +290,12 @@ def decode_report(
     )
     _, decode_memory = compile_program(
         "decode",
-        loops.decode,
+        loop.decode,
         decode_args,
         donate=(1,),
         method="pass" if num_lookahead else "ar",
         buffer_len=buffer_len,
-        opts=loops.LoopOptions(num_lookahead, *sampling_config.static_key),
+        opts=loop.LoopOptions(num_lookahead, *sampling_config.static_key),
     )
     return DecodeReport(
         mesh=dict(mesh.shape),

@@ -13,14 +13,14 @@ from absl import app, flags
 from flax import nnx
 
 from pass_jax import distributed
-from pass_jax.checkpoint import CheckpointError, load_params, read_meta, step_dir
 from pass_jax.config import ModelConfig
-from pass_jax.decode import GenerationResult, generate
+from pass_jax.decode.generation import GenerationResult, generate
 from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
 from pass_jax.experiment import ExperimentConfig
+from pass_jax.io.checkpoint import CheckpointError, load_params, read_meta, step_dir
 from pass_jax.model import Transformer, loop_layers
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer
-from pass_jax.train_loop import TrainingInterrupted, run, stage_checkpoints
+from pass_jax.training.stages import TrainingInterrupted, run, stage_checkpoints
 
 _CONFIG_FLAG = "--config"
 

@@ -6,7 +6,7 @@ Layout (see `configs/tiny.py`):
     model                    ModelConfig fields (vocab_size and unk_id come from the tokenizer)
     tokenizer                path (an existing SentencePiece model) or vocab_size + max_train_bytes
                              to train one on the data's train split (stage 0)
-    data                     pass_jax.data.DataConfig fields (source, seq_len, batch_size, seed, ..)
+    data                     pass_jax.data DataConfig fields (source, seq_len, batch_size, seed, ..)
     stages                   comma-separated stages to run, in order: base, lookahead, joint
     base, lookahead, joint   StageConfig fields of each stage
     train                    TrainConfig: logging, checkpointing, initial weights
@@ -31,9 +31,9 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from pass_jax.config import ModelConfig
-from pass_jax.data import DataConfig
-from pass_jax.losses import LOOKAHEAD_LOSSES
+from pass_jax.data.pipeline import DataConfig
 from pass_jax.sharding import MESH_AXES
+from pass_jax.training.losses import LOOKAHEAD_LOSSES
 
 STAGES = ("base", "lookahead", "distill", "joint")
 TABLE_ONLY_STAGES = ("lookahead", "distill")
@@ -51,7 +51,7 @@ class StageConfig:
     - `distill`: like `lookahead`, but on the model's own continuations of `generations`
       corpus prompts of `generation_prompt_len` tokens (greedy at `generation_temperature` 0,
       else sampled with top-k 10), generated at the start of the stage
-      (`pass_jax.generations`): the table learns to draft what the model writes.
+      (`pass_jax.training.generations`): the table learns to draft what the model writes.
     - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
       weights trained (changes the base model; decoding stays lossless). With
       `generation_share > 0`, that share of each batch's rows are the model's own

@@ -10,7 +10,7 @@ import pytest
 from conftest import tiny_config
 from flax import nnx
 
-from pass_jax.checkpoint import (
+from pass_jax.io.checkpoint import (
     CheckpointError,
     CheckpointStore,
     abstract_tree,

@@ -13,9 +13,8 @@ import pytest
 from conftest import tiny_model
 
 from pass_jax import cli
-from pass_jax.checkpoint import CheckpointStore, split_params
 from pass_jax.config import ModelConfig
-from pass_jax.data import DataConfig
+from pass_jax.data.pipeline import DataConfig
 from pass_jax.experiment import (
     STAGES,
     DecodeConfig,
@@ -27,6 +26,7 @@ from pass_jax.experiment import (
     TrainConfig,
     default_config,
 )
+from pass_jax.io.checkpoint import CheckpointStore, split_params
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {

@@ -11,10 +11,11 @@ from flax import nnx
 from jax.sharding import PartitionSpec as P
 from multidevice import run_on_devices
 
-from pass_jax import convert, sharding
-from pass_jax.checkpoint import load_params, read_meta
+from pass_jax import sharding
 from pass_jax.config import ModelConfig
-from pass_jax.hf import load_hf_llama
+from pass_jax.io import convert
+from pass_jax.io.checkpoint import load_params, read_meta
+from pass_jax.io.hf import load_hf_llama
 from pass_jax.model import LookaheadParam, Transformer
 
 

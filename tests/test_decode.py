@@ -7,8 +7,9 @@ import pytest
 from conftest import forward, greedy_reference, tiny_model
 from scipy import stats
 
-from pass_jax import decode, sampling
-from pass_jax.decode import generate
+from pass_jax import sampling
+from pass_jax.decode import generation as decode
+from pass_jax.decode.generation import generate
 
 
 def test_greedy_generate_equals_full_forward_reference_with_mixed_prompt_lengths():

@@ -14,7 +14,7 @@ from flax import nnx
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from pass_jax.hf import (
+from pass_jax.io.hf import (
     HFCheckpoint,
     check_tensors,
     config_from_hf,
@@ -302,7 +302,7 @@ def test_streaming_iterator_yields_our_layout(tmp_path):
 
 @pytest.mark.parametrize("method", ["ar", "pass"])
 def test_greedy_generation_matches_transformers(tmp_path, method):
-    decode = pytest.importorskip("pass_jax.decode")
+    decode = pytest.importorskip("pass_jax.decode.generation")
     model = hf_model(attention="gqa", rope=LLAMA3, seed=3)
     ours = load_hf_llama(save(model, tmp_path), num_lookahead=4)
     rng = np.random.default_rng(0)

@@ -8,7 +8,7 @@ from conftest import forward, tiny_config, tiny_model
 from flax import nnx
 
 from pass_jax.config import ModelConfig
-from pass_jax.decode import generate
+from pass_jax.decode.generation import generate
 from pass_jax.kv_cache import KVCache
 from pass_jax.model import LookaheadParam, Transformer, causal_mask, loop_layers
 

@@ -9,8 +9,8 @@ import pytest
 from conftest import chain_model, forward, sharp_model, tiny_model
 from scipy import stats as scipy_stats
 
-from pass_jax import decode
-from pass_jax.decode import generate
+from pass_jax.decode import generation as decode
+from pass_jax.decode.generation import generate
 
 # (seed, good drafts, L, prompt lengths (one per row), max_new, eos step). Each case uses a
 # `chain_model` whose first `good drafts` drafts are right whenever the pending token is on the

@@ -16,9 +16,9 @@ from jax.sharding import PartitionSpec as P
 from multidevice import run_on_devices, run_on_processes
 
 from pass_jax import distributed, sharding
-from pass_jax.checkpoint import CheckpointStore, abstract_tree, split_params
 from pass_jax.experiment import StageConfig
-from pass_jax.training import Trainer
+from pass_jax.io.checkpoint import CheckpointStore, abstract_tree, split_params
+from pass_jax.training.trainer import Trainer
 
 MESHES = ((8, 1, 1), (2, 4, 1), (1, 2, 4))
 SEQ_LEN = 24

@@ -12,7 +12,7 @@ from jax.sharding import PartitionSpec as P
 from multidevice import run_on_devices
 
 from pass_jax import sharding
-from pass_jax.decode import generate
+from pass_jax.decode.generation import generate
 from pass_jax.kv_cache import CACHE_AXES
 
 LAYER_SPECS = {

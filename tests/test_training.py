@@ -12,9 +12,8 @@ import pytest
 from conftest import greedy_reference, tiny_config
 from flax import nnx
 
-from pass_jax import data, generations
-from pass_jax.checkpoint import load_params, split_params
-from pass_jax.data import DataConfig
+from pass_jax.data import pipeline as data
+from pass_jax.data.pipeline import DataConfig
 from pass_jax.experiment import (
     EvalConfig,
     ExperimentConfig,
@@ -22,11 +21,13 @@ from pass_jax.experiment import (
     TokenizerConfig,
     TrainConfig,
 )
-from pass_jax.insertion import build_inputs, sample_insertion_points
-from pass_jax.losses import compute_losses
+from pass_jax.io.checkpoint import load_params, split_params
 from pass_jax.model import Transformer
-from pass_jax.train_loop import TrainingInterrupted, run, stage_checkpoints
-from pass_jax.training import Trainer
+from pass_jax.training import generations
+from pass_jax.training.insertion import build_inputs, sample_insertion_points
+from pass_jax.training.losses import compute_losses
+from pass_jax.training.stages import TrainingInterrupted, run, stage_checkpoints
+from pass_jax.training.trainer import Trainer
 
 CONFIG = tiny_config(
     n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64, max_seq_len=128, max_lookahead=4

@@ -22,9 +22,10 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from pass_jax import cli, data
+from pass_jax import cli
 from pass_jax.bench import protocol, report
 from pass_jax.config import DTYPE_NAMES
+from pass_jax.data import pipeline as data
 from pass_jax.experiment import ExperimentConfig
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")

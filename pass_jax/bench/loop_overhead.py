@@ -23,7 +23,7 @@ from pass_jax.aot import model_config
 from pass_jax.bench.report import machine
 from pass_jax.bench.timing import ForwardTimer
 from pass_jax.config import ModelConfig
-from pass_jax.decode import bucket, generate
+from pass_jax.decode.generation import bucket, generate
 from pass_jax.model import Transformer, loop_layers
 
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 256, "tokens generated per timed call")

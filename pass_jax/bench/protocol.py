@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pass_jax.bench.timing import ForwardTimer
-from pass_jax.decode import bucket, generate
+from pass_jax.decode.generation import bucket, generate
 from pass_jax.model import Transformer
 
 

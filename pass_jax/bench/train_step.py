@@ -30,8 +30,8 @@ from pass_jax.bench.report import machine
 from pass_jax.config import ModelConfig
 from pass_jax.experiment import ExperimentConfig
 from pass_jax.model import Transformer
-from pass_jax.optim import make_optimizer
-from pass_jax.training import train_step_program
+from pass_jax.training.optim import make_optimizer
+from pass_jax.training.trainer import train_step_program
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _STAGE = flags.DEFINE_string("stage", "base", "Which of the config's stages to time.")

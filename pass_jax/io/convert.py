@@ -1,9 +1,9 @@
 """HF LLaMA (safetensors) -> our orbax checkpoint, streamed one parameter at a time.
 
-    python -m pass_jax.convert --hf_dir /ckpt/Llama-2-7b-hf --out /ckpt/llama2_7b \\
+    python -m pass_jax.io.convert --hf_dir /ckpt/Llama-2-7b-hf --out /ckpt/llama2_7b \\
         [--dtype bfloat16] [--scan_layers] [--num_lookahead 8]
 
-The output is one step directory in the layout of `pass_jax.checkpoint`, so
+The output is one step directory in the layout of `pass_jax.io.checkpoint`, so
 `checkpoint.load_params(model, out)` (optionally with shardings, to land on a mesh) and
 `train.init_from=out` read it directly:
 
@@ -48,8 +48,8 @@ from etils import epath
 from flax import nnx
 from orbax.checkpoint import future
 
-from pass_jax import checkpoint, hf
 from pass_jax.config import DTYPE_NAMES, ModelConfig
+from pass_jax.io import checkpoint, hf
 from pass_jax.model import Transformer
 
 

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from pass_jax.insertion import LookaheadInputs
 from pass_jax.model import Transformer
+from pass_jax.training.insertion import LookaheadInputs
 
 LOOKAHEAD_LOSSES = ("ce", "kl")
 

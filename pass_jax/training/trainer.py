@@ -24,10 +24,10 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from pass_jax import sharding
 from pass_jax.experiment import StageConfig
-from pass_jax.insertion import build_inputs, sample_insertion_points
-from pass_jax.losses import compute_losses
 from pass_jax.model import Transformer
-from pass_jax.optim import make_optimizer, schedule, trainable
+from pass_jax.training.insertion import build_inputs, sample_insertion_points
+from pass_jax.training.losses import compute_losses
+from pass_jax.training.optim import make_optimizer, schedule, trainable
 
 
 def _layout(batch: jax.Array, key: jax.Array, num_insertions: int, num_lookahead: int):

@@ -3,7 +3,7 @@
 Workdir layout:
 
     tokenizer.model              trained here unless `tokenizer.path` names one
-    checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.checkpoint`)
+    checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.io.checkpoint`)
     generations/STAGE/           the model's own continuations (stages distill, joint)
     metrics.jsonl                train / eval / stage records; TensorBoard in tensorboard/
 
@@ -43,20 +43,22 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from pass_jax import data, distributed, generations, sharding
-from pass_jax.checkpoint import (
+from pass_jax import distributed, sharding
+from pass_jax.data import pipeline as data
+from pass_jax.data.pipeline import DataConfig
+from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
+from pass_jax.io.checkpoint import (
     CheckpointStore,
     abstract_tree,
     assign_params,
     load_params,
     split_params,
 )
-from pass_jax.data import DataConfig
-from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
-from pass_jax.metrics import MetricsWriter, measure_acceptance
 from pass_jax.model import Transformer
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, train_tokenizer
-from pass_jax.training import Trainer
+from pass_jax.training import generations
+from pass_jax.training.metrics import MetricsWriter, measure_acceptance
+from pass_jax.training.trainer import Trainer
 
 
 class TrainingInterrupted(Exception):

@@ -37,8 +37,9 @@ import numpy as np
 from flax import nnx
 from jax.experimental import multihost_utils
 
-from pass_jax import loops, sharding
+from pass_jax import sharding
 from pass_jax.config import ModelConfig
+from pass_jax.decode import loop
 from pass_jax.model import Transformer
 from pass_jax.sampling import SamplingConfig, SamplingParams
 
@@ -92,8 +93,8 @@ def generate(
     if method == "pass_unk":
         params = _reset_lookahead_to_unk(params, config.unk_id)
     loop_method = "pass" if num_la else "ar"
-    opts = loops.LoopOptions(num_la, *sampling_config.static_key)
-    consts = loops.LoopConstants(
+    opts = loop.LoopOptions(num_la, *sampling_config.static_key)
+    consts = loop.LoopConstants(
         max_new=jnp.int32(max_new_tokens),
         eos_id=jnp.int32(-1 if eos_id is None else eos_id),
         sampling=SamplingParams.from_config(sampling_config),
@@ -107,14 +108,14 @@ def generate(
     )
 
     prefill_args = (graphdef, params, tokens, lengths)
-    prefill, prefill_compile_s = _compiled(loops.prefill, prefill_args, capacity=capacity)
+    prefill, prefill_compile_s = _compiled(loop.prefill, prefill_args, capacity=capacity)
     start = time.perf_counter()
     cache = jax.block_until_ready(prefill(*prefill_args[1:]))
     prefill_s = time.perf_counter() - start
 
     decode_args = (graphdef, params, cache, pending, row_keys, consts)
     decode, decode_compile_s = _compiled(
-        loops.decode,
+        loop.decode,
         decode_args,
         donate=(1,),
         method=loop_method,
@@ -198,7 +199,7 @@ def _check_inputs(
 _RESULT_FIELDS = ("tokens", "num_new", "row_calls", "calls", "reached", "accepted")
 
 
-def _on_host(state: loops.DecodeState, fields: Sequence[str]) -> dict[str, np.ndarray]:
+def _on_host(state: loop.DecodeState, fields: Sequence[str]) -> dict[str, np.ndarray]:
     """The named fields of the final state as numpy arrays; rows that live on other processes
     are gathered first."""
 
@@ -246,7 +247,7 @@ def _compiled(fn, args: tuple, donate: tuple[int, ...] = (), **static):
 
 
 def _statistics(
-    state: loops.DecodeState,
+    state: loop.DecodeState,
     num_lookahead: int,
     decode_s: float,
     prefill_s: float,

@@ -9,7 +9,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from pass_jax.decode import generate
+from pass_jax.decode.generation import generate
 from pass_jax.model import Transformer
 
 _TENSORBOARD_MODULES = ("tensorboardX", "torch.utils.tensorboard")

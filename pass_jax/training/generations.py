@@ -23,9 +23,9 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pass_jax.checkpoint import split_params
-from pass_jax.data import save_array
-from pass_jax.decode import generate
+from pass_jax.data.pipeline import save_array
+from pass_jax.decode.generation import generate
+from pass_jax.io.checkpoint import split_params
 from pass_jax.model import Transformer
 
 CORPUS_FILENAME = "generations.npy"

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from pass_jax import sampling, speculative
+from pass_jax import sampling
+from pass_jax.decode import verify
 from pass_jax.kv_cache import KVCache
 from pass_jax.model import Transformer
 
@@ -137,10 +138,10 @@ def pass_step(
     inputs = jnp.concatenate([state.pending[:, None], drafts], axis=1)  # [B, L+1]
     logits, cache = model(inputs, cache=state.cache)  # [B, L+1, V]
     if opts.greedy:
-        accepted, last = speculative.verify_greedy(logits, drafts)
+        accepted, last = verify.verify_greedy(logits, drafts)
     else:
         target_probs = opts.probabilities(logits, c)
-        accepted, last = speculative.verify_sampled(verify_keys, target_probs, draft_probs, drafts)
+        accepted, last = verify.verify_sampled(verify_keys, target_probs, draft_probs, drafts)
     position = jnp.arange(num_la, dtype=jnp.int32)[None, :]  # [1, L]
     window = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)  # [B, L+1]
     window = window.at[jnp.arange(batch), accepted].set(last)

@@ -1,0 +1,1 @@
+"""Data: document sources, tokenisation, packing and batching, held-out prompts."""

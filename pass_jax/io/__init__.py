@@ -1,0 +1,1 @@
+"""Reading and writing models: orbax checkpoints, Hugging Face safetensors, conversion."""
