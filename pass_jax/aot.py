@@ -2,9 +2,10 @@
 
 The model is built with `nnx.eval_shape` (no weights allocated), every argument is a
 `jax.ShapeDtypeStruct` carrying its `NamedSharding` on the mesh, and the programs are lowered
-exactly as `generate` lowers them (`generation.lower`), then compiled; XLA's `memory_analysis()`
-gives the per-device argument / output / alias / temp sizes. On a CPU host with fake devices
-(`--fake_devices 8`) this checks that a configuration partitions and compiles, and sizes it:
+exactly as `generate` plans and lowers them (`generation.DecodePlan`), then compiled; XLA's
+`memory_analysis()` gives the per-device argument / output / alias / temp sizes. On a CPU host
+with fake devices (`--fake_devices 8`) this checks that a configuration partitions and
+compiles, and sizes it:
 
     python -m pass_jax.aot --config configs/7b.py [--mesh 1,1,8] [--config.decode.batch_size=16]
 
@@ -46,10 +47,10 @@ from ml_collections import config_flags
 
 from pass_jax import sharding
 from pass_jax.config import ModelConfig
-from pass_jax.decode import generation, loop
+from pass_jax.decode import generation
 from pass_jax.experiment import StageConfig
 from pass_jax.model import Transformer
-from pass_jax.sampling import SamplingConfig, SamplingParams
+from pass_jax.sampling import Sampler
 from pass_jax.training import trainer
 from pass_jax.training.optim import make_optimizer
 
@@ -189,7 +190,7 @@ def compile_program(
 ) -> tuple[jax.stages.Compiled, ProgramMemory]:
     """Lowers and compiles `fn(*args, **static)` like `generate` does (`args[0]` static,
     `donate` indexing `args[1:]`); returns the executable and its memory figures."""
-    return _measure(name, lambda: generation.lower(fn, args, donate, **static))
+    return _measure(name, generation.Program(fn, args[0], args[1:], static, donate).lower)
 
 
 def abstract_train_state(
@@ -250,60 +251,34 @@ def decode_report(
     greedy: bool = True,
 ) -> DecodeReport:
     """Compiles prefill and the decoding loop (PaSS with `num_lookahead` drafts, or AR for 0)
-    for `batch_size` prompts of `prompt_len` tokens and `max_new_tokens` new tokens."""
-    prompt_block, capacity = generation.cache_shape(
-        config, prompt_len, max_new_tokens, num_lookahead
+    for `batch_size` prompts of `prompt_len` tokens and `max_new_tokens` new tokens, planned
+    and built as `generate` builds them."""
+    sampler, sampling_params = Sampler.create(temperature=0.0 if greedy else 1.0)
+    method = "pass" if num_lookahead else "ar"
+    plan = generation.DecodePlan.create(
+        config, batch_size, prompt_len, max_new_tokens, method, num_lookahead, sampler
     )
-    buffer_len = generation.bucket(max_new_tokens)
     graphdef, params = abstract_model(config, mesh)
-
-    def batched(shape: tuple[int, ...], dtype: Any) -> jax.ShapeDtypeStruct:
-        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding.batch_sharding(mesh, shape))
-
-    prefill_args = (
-        graphdef,
-        params,
-        batched((batch_size, prompt_block), jnp.int32),
-        batched((batch_size,), jnp.int32),
+    tokens, lengths, pending, keys = (
+        jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=sharding.batch_sharding(mesh, x.shape))
+        for x in plan.row_inputs()
     )
-    prefill, prefill_memory = compile_program(
-        "prefill", loop.prefill, prefill_args, capacity=capacity
+    prefill, prefill_memory = _measure(
+        "prefill", plan.prefill(graphdef, params, tokens, lengths).lower
     )
     cache = _with_shardings(prefill.out_info, prefill.output_shardings)
-
-    sampling_config = SamplingConfig(temperature=0.0 if greedy else 1.0)
-    replicated = NamedSharding(mesh, PartitionSpec())
-    consts = loop.LoopConstants(
-        max_new=jnp.int32(max_new_tokens),
-        eos_id=jnp.int32(-1),
-        sampling=SamplingParams.from_config(sampling_config),
+    # The traced scalars (sampling parameters, max_new_tokens, EOS id) stay concrete.
+    decode = plan.decode(
+        graphdef, params, cache, pending, keys, sampling_params, max_new_tokens, eos_id=None
     )
-    consts = _with_shardings(consts, jax.tree.map(lambda _: replicated, consts))
-    keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch_size))
-    decode_args = (
-        graphdef,
-        params,
-        cache,
-        batched((batch_size,), jnp.int32),
-        batched(keys.shape, keys.dtype),
-        consts,
-    )
-    _, decode_memory = compile_program(
-        "decode",
-        loop.decode,
-        decode_args,
-        donate=(1,),
-        method="pass" if num_lookahead else "ar",
-        buffer_len=buffer_len,
-        opts=loop.LoopOptions(num_lookahead, *sampling_config.static_key),
-    )
+    _, decode_memory = _measure("decode", decode.lower)
     return DecodeReport(
         mesh=dict(mesh.shape),
         shape=dict(
             batch_size=batch_size,
-            prompt_block=prompt_block,
-            capacity=capacity,
-            buffer_len=buffer_len,
+            prompt_block=plan.prompt_block,
+            capacity=plan.capacity,
+            buffer_len=plan.buffer_len,
             num_lookahead=num_lookahead,
             greedy=greedy,
         ),

@@ -60,6 +60,18 @@ class KVCache:
         """Cache slots [B, T] that a block of `block_len` new tokens is written to."""
         return self.lengths[:, None] + jnp.arange(block_len, dtype=jnp.int32)[None, :]
 
+    def write(
+        self, layer: int | jax.Array, k: jax.Array, v: jax.Array
+    ) -> tuple[KVCache, jax.Array, jax.Array]:
+        """Writes a block's keys and values k, v [B, T, K, D] into layer `layer` at each row's
+        `write_slots` (not committed). Returns the cache and that layer's keys and values
+        [B, S, K, D]."""
+        rows = jnp.arange(k.shape[0])[:, None]  # [B, 1]
+        slots = self.write_slots(k.shape[1])  # [B, T]
+        k_all = self.k.at[layer, rows, slots].set(k.astype(self.k.dtype))
+        v_all = self.v.at[layer, rows, slots].set(v.astype(self.v.dtype))
+        return self.replace(k=k_all, v=v_all), k_all[layer], v_all[layer]
+
     def attention_mask(self, block_mask: jax.Array) -> jax.Array:
         """Which cache slots each query of the new block sees: [B, T, S] bool.
 

@@ -105,6 +105,12 @@ def causal_mask(batch_size: int, block_len: int) -> jax.Array:
     return jnp.broadcast_to(mask, (batch_size, block_len, block_len))
 
 
+def unk_lookahead_table(embed: jax.Array, unk_id: int, rows: int) -> jax.Array:
+    """An untrained lookahead table [rows, d]: every row the UNK token's embedding (embed
+    [V, d]). Tables start so, and the "[UNK] lookahead" baseline decodes with one."""
+    return jnp.broadcast_to(embed[unk_id], (rows, embed.shape[-1]))
+
+
 class RMSNorm(nnx.Module):
     def __init__(self, config: ModelConfig, stack: int | None = None):
         self.scale = _ones((config.d_model,), ("embed",), config, stack)
@@ -154,23 +160,19 @@ class Attention(nnx.Module):
         cos: jax.Array,  # [B, T, D]
         sin: jax.Array,  # [B, T, D]
         mask: jax.Array,  # [B, T, S]
-        kv: tuple[jax.Array, jax.Array, int | jax.Array, jax.Array] | None,
-    ) -> tuple[jax.Array, tuple[jax.Array, jax.Array] | None]:
-        """Self-attention; with `kv = (k_all, v_all, layer, slots)` the block's keys and values
-        are written into layer `layer` of the cache arrays at `slots` [B, T] first."""
+        cache: KVCache | None,
+        layer: int | jax.Array,
+    ) -> tuple[jax.Array, KVCache | None]:
+        """Self-attention; with a cache, the block's keys and values are written into its layer
+        `layer` first and attention reads that layer."""
         q = _project("btd,dhk->bthk", x, self.wq, self)
         k = _project("btd,dhk->bthk", x, self.wk, self)
         v = _project("btd,dhk->bthk", x, self.wv, self)
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
-        new_kv = None
-        if kv is not None:
-            k_all, v_all, layer, slots = kv
-            rows = jnp.arange(x.shape[0])[:, None]  # [B, 1]
-            k_all = k_all.at[layer, rows, slots].set(k.astype(k_all.dtype))
-            v_all = v_all.at[layer, rows, slots].set(v.astype(v_all.dtype))
-            k, v, new_kv = k_all[layer], v_all[layer], (k_all, v_all)
+        if cache is not None:
+            cache, k, v = cache.write(layer, k, v)  # k, v [B, S, K, D]
         out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.operand_dtype)
-        return _project("bthk,hkd->btd", out, self.wo, self), new_kv
+        return _project("bthk,hkd->btd", out, self.wo, self), cache
 
 
 class MLP(nnx.Module):
@@ -198,10 +200,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config, stack)
         self.mlp = MLP(config, rngs, stack)
 
-    def __call__(self, x, cos, sin, mask, kv):
-        attn_out, new_kv = self.attn(self.attn_norm(x), cos, sin, mask, kv)
+    def __call__(self, x, cos, sin, mask, cache, layer):
+        attn_out, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
         x = constrain(x + attn_out, HIDDEN)
-        return constrain(x + self.mlp(self.mlp_norm(x)), HIDDEN), new_kv
+        return constrain(x + self.mlp(self.mlp_norm(x)), HIDDEN), cache
 
 
 class Transformer(nnx.Module):
@@ -219,7 +221,7 @@ class Transformer(nnx.Module):
         if not config.tie_embeddings:
             self.lm_head = _weight(rngs, (d, config.vocab_size), ("embed", "vocab"), config, None)
         if config.max_lookahead:
-            table = jnp.broadcast_to(self.embed[...][config.unk_id], (config.max_lookahead, d))
+            table = unk_lookahead_table(self.embed[...], config.unk_id, config.max_lookahead)
             # Replicated on every mesh: tiny, and read by every draft call.
             self.lookahead = LookaheadParam(table, logical_axes=(None, None))
         self.inv_freq = rope_frequencies(config)
@@ -258,51 +260,45 @@ class Transformer(nnx.Module):
                 positions = jnp.broadcast_to(jnp.arange(block_len, dtype=jnp.int32), tokens.shape)
         else:
             mask = cache.attention_mask(block_mask)
-            slots = cache.write_slots(block_len)
             if positions is None:
-                positions = slots
+                positions = cache.write_slots(block_len)
         cos, sin = rotary_embedding(positions, self.inv_freq)
         x = constrain(self.embed_inputs(tokens, lookahead_slots), HIDDEN)
-        kv = None if cache is None else (cache.k, cache.v, slots)
-        x, kv = self._run_layers(x, cos, sin, mask, kv)
+        x, cache = self._run_layers(x, cos, sin, mask, cache)
         if cache is not None:
-            cache = cache.replace(k=kv[0], v=kv[1]).constrained()
+            cache = cache.constrained()
         return self.final_norm(x), cache
 
-    def _run_layers(self, x, cos, sin, mask, kv):
-        def layer_kv(layer):
-            return None if kv is None else (kv[0], kv[1], layer, kv[2])
+    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None):
+        """The decoder layers on x [B, T, d]; each writes its keys and values into `cache`."""
 
-        def apply(block, x, kv_in):
-            return block(x, cos, sin, mask, kv_in)
+        def apply(block, x, cache, layer):
+            return block(x, cos, sin, mask, cache, layer)
 
         if self.config.remat:
             # jax.checkpoint over the block's arrays: nnx.remat would write the block's state
             # back, which fails for a block merged outside an enclosing loop (looped layers
             # inside the decode while_loop).
-            def apply(block, x, kv_in):
+            def apply(block, x, cache, layer):
                 graphdef, state = nnx.split(block)
-                pure = lambda state, x, kv_in: nnx.merge(graphdef, state)(x, cos, sin, mask, kv_in)
-                return jax.checkpoint(pure)(state, x, kv_in)
+                pure = lambda state, x, cache, layer: nnx.merge(graphdef, state)(
+                    x, cos, sin, mask, cache, layer
+                )
+                return jax.checkpoint(pure)(state, x, cache, layer)
 
         if not self.config.scan_layers:
-            for i, block in enumerate(self.layers):
-                x, new_kv = apply(block, x, layer_kv(i))
-                if kv is not None:
-                    kv = (*new_kv, kv[2])
-            return x, kv
+            for layer, block in enumerate(self.layers):
+                x, cache = apply(block, x, cache, layer)
+            return x, cache
         graphdef, stacked = nnx.split(self.layers)
 
         def body(carry, layer_state):
-            x, kv_arrays, layer = carry
-            block = nnx.merge(graphdef, layer_state)
-            kv_in = None if kv is None else (*kv_arrays, layer, kv[2])
-            x, new_kv = apply(block, x, kv_in)
-            return (x, kv_arrays if kv is None else new_kv, layer + 1), None
+            x, cache, layer = carry
+            x, cache = apply(nnx.merge(graphdef, layer_state), x, cache, layer)
+            return (x, cache, layer + 1), None
 
-        kv_arrays = None if kv is None else kv[:2]
-        (x, kv_arrays, _), _ = jax.lax.scan(body, (x, kv_arrays, jnp.int32(0)), stacked)
-        return x, (None if kv is None else (*kv_arrays, kv[2]))
+        (x, cache, _), _ = jax.lax.scan(body, (x, cache, jnp.int32(0)), stacked)
+        return x, cache
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Output logits [..., vocab] in float32 from final hidden states [..., d]."""

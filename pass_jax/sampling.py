@@ -12,32 +12,6 @@ import jax
 import jax.numpy as jnp
 
 
-@dataclasses.dataclass(frozen=True)
-class SamplingConfig:
-    """How logits become a distribution. `temperature == 0` means greedy (argmax)."""
-
-    temperature: float = 0.0
-    top_k: int = 0
-    top_p: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {self.temperature}")
-        if self.top_k < 0:
-            raise ValueError(f"top_k must be >= 0 (0 disables it), got {self.top_k}")
-        if not 0.0 < self.top_p <= 1.0:
-            raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-
-    @property
-    def greedy(self) -> bool:
-        return self.temperature == 0.0
-
-    @property
-    def static_key(self) -> tuple[bool, int, bool]:
-        """What changes the compiled program: greedy or not, top-k, whether top-p is on."""
-        return (self.greedy, self.top_k, self.top_p < 1.0)
-
-
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class SamplingParams:
@@ -46,30 +20,54 @@ class SamplingParams:
     temperature: jax.Array  # [] float32
     top_p: jax.Array  # [] float32
 
+
+@dataclasses.dataclass(frozen=True)
+class Sampler:
+    """The static part of sampling, which shapes the compiled program: greedy (argmax) or
+    sampled, top-k (0: off), and whether top-p is on. Hashable, so it can be a static argument."""
+
+    greedy: bool = True
+    top_k: int = 0
+    use_top_p: bool = False
+
     @classmethod
-    def from_config(cls, config: SamplingConfig) -> SamplingParams:
-        return cls(jnp.float32(max(config.temperature, 1e-6)), jnp.float32(config.top_p))
+    def create(
+        cls, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
+    ) -> tuple[Sampler, SamplingParams]:
+        """The sampler and its traced parameters; `temperature == 0` means greedy."""
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        if top_k < 0:
+            raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
+        if not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1], got {top_p}")
+        params = SamplingParams(jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p))
+        return cls(temperature == 0.0, top_k, top_p < 1.0), params
 
+    def probabilities(self, logits: jax.Array, params: SamplingParams) -> jax.Array:
+        """Processed distribution [..., V] float32 from logits [..., V]."""
+        logits = logits.astype(jnp.float32) / params.temperature
+        if 0 < self.top_k < logits.shape[-1]:
+            # The min of the top-k values, not its last element: XLA rewrites top_k + slice into
+            # a full sort of the vocabulary (40x slower on CPU).
+            kth = jnp.min(jax.lax.top_k(logits, self.top_k)[0], axis=-1, keepdims=True)
+            logits = jnp.where(logits < kth, -jnp.inf, logits)
+        probs = jax.nn.softmax(logits, axis=-1)
+        if self.use_top_p:
+            sorted_probs = -jnp.sort(-probs, axis=-1)  # [..., V] descending
+            mass_before = cumsum(sorted_probs) - sorted_probs
+            kept = jnp.sum(mass_before < params.top_p, axis=-1, keepdims=True)  # [..., 1] >= 1
+            cutoff = jnp.take_along_axis(sorted_probs, kept - 1, axis=-1)  # smallest kept prob
+            probs = jnp.where(probs >= cutoff, probs, 0.0)
+            probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
+        return probs
 
-def probabilities(
-    logits: jax.Array, params: SamplingParams, *, top_k: int, use_top_p: bool
-) -> jax.Array:
-    """Processed distribution [..., V] float32 from logits [..., V]."""
-    logits = logits.astype(jnp.float32) / params.temperature
-    if 0 < top_k < logits.shape[-1]:
-        # The min of the top-k values, not its last element: XLA rewrites top_k + slice into a
-        # full sort of the vocabulary (40x slower on CPU).
-        kth = jnp.min(jax.lax.top_k(logits, top_k)[0], axis=-1, keepdims=True)  # [..., 1]
-        logits = jnp.where(logits < kth, -jnp.inf, logits)
-    probs = jax.nn.softmax(logits, axis=-1)
-    if use_top_p:
-        sorted_probs = -jnp.sort(-probs, axis=-1)  # [..., V] descending
-        mass_before = cumsum(sorted_probs) - sorted_probs
-        kept = jnp.sum(mass_before < params.top_p, axis=-1, keepdims=True)  # [..., 1] >= 1
-        cutoff = jnp.take_along_axis(sorted_probs, kept - 1, axis=-1)  # smallest kept prob
-        probs = jnp.where(probs >= cutoff, probs, 0.0)
-        probs = probs / jnp.sum(probs, axis=-1, keepdims=True)
-    return probs
+    def choose(self, keys: jax.Array, logits: jax.Array, params: SamplingParams) -> jax.Array:
+        """One token per position of logits [B, ..., V] with keys [B]: argmax if greedy, else
+        sampled from `probabilities`; int32 [B, ...]."""
+        if self.greedy:
+            return argmax(logits)
+        return sample(keys, self.probabilities(logits, params))
 
 
 def sample(keys: jax.Array, probs: jax.Array) -> jax.Array:

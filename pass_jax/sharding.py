@@ -30,7 +30,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+from pass_jax.experiment import MESH_AXES
 
 MeshAxes = str | tuple[str, ...] | None
 M = TypeVar("M")

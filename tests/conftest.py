@@ -53,8 +53,9 @@ def forward(model: Transformer, tokens: jax.Array, **kwargs):
 def greedy_reference(model: Transformer, prompt: list[int], steps: int) -> list[int]:
     """Greedy continuation by full forwards with no cache: the independent reference.
 
-    The sequence is right-padded to a fixed length (causal attention ignores the padding)."""
-    width = len(prompt) + steps
+    The sequence is right-padded to a multiple of 32 tokens (causal attention ignores the
+    padding), so references of similar lengths share one compiled forward."""
+    width = -(-(len(prompt) + steps) // 32) * 32
     seq = list(prompt)
     for _ in range(steps):
         padded = jnp.asarray([seq + [0] * (width - len(seq))], jnp.int32)

@@ -10,7 +10,13 @@ from flax import nnx
 from pass_jax.config import ModelConfig
 from pass_jax.decode.generation import generate
 from pass_jax.kv_cache import KVCache
-from pass_jax.model import LookaheadParam, Transformer, causal_mask, loop_layers
+from pass_jax.model import (
+    LookaheadParam,
+    Transformer,
+    causal_mask,
+    loop_layers,
+    unk_lookahead_table,
+)
 
 
 @pytest.mark.parametrize("scan_layers", [False, True])
@@ -19,7 +25,8 @@ def test_cache_steps_and_partial_commits_match_full_forward(scan_layers):
     lengths = [5, 11, 8]  # rows of different lengths in one batch
     rng = np.random.default_rng(0)
     seqs = [rng.integers(0, 64, n).tolist() for n in lengths]
-    full = [forward(model, jnp.asarray([s]))[0] for s in seqs]  # each row alone, no cache
+    padded = [s + [0] * (max(lengths) - len(s)) for s in seqs]  # causal: padding is ignored
+    full = forward(model, jnp.asarray(padded))  # [3, 11, V], no cache
 
     # Prefill 3 tokens per row, then one-token steps: row b's t-th token at its own offset.
     cache = KVCache.create(model.config, 3, 32)
@@ -156,6 +163,7 @@ def test_lookahead_table_is_its_own_variable_type_and_starts_at_unk():
     table = nnx.state(model, LookaheadParam)
     assert jax.tree.leaves(table)[0].shape == (4, 32)
     np.testing.assert_array_equal(model.lookahead[...], jnp.tile(model.embed[...][3], (4, 1)))
+    np.testing.assert_array_equal(unk_lookahead_table(model.embed[...], 3, 4), model.lookahead[...])
     no_table = tiny_model(5, max_lookahead=0)
     assert not no_table.has_lookahead
     assert not jax.tree.leaves(nnx.state(no_table, LookaheadParam))

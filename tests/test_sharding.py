@@ -140,11 +140,15 @@ def check_sharded_generate() -> None:
         reference = references[method] = run(chain, method, rows=chain_prompts)
         for mesh_shape in ((8, 1, 1), (2, 1, 4), (1, 2, 4)):
             result = run(chain, method, mesh_shape, rows=chain_prompts)
-            assert result.stats["compile_s"] > 0  # its own executables: keyed on the shardings
+            assert result.stats.compile_s > 0  # its own executables: keyed on the shardings
             assert result.tokens == reference.tokens, (method, mesh_shape)
             for key in ("tau", "forward_passes", "accepted_by_position"):
-                assert result.stats[key] == reference.stats[key], (method, mesh_shape, key)
-    assert references["pass"].stats["tau"] > 1.3  # PaSS drafts were accepted
+                assert getattr(result.stats, key) == getattr(reference.stats, key), (
+                    method,
+                    mesh_shape,
+                    key,
+                )
+    assert references["pass"].stats.tau > 1.3  # PaSS drafts were accepted
     # 3 rows do not divide over data=2: replicated. Rows are independent of the batch.
     odd_batch = run(chain, "ar", (2, 1, 4), rows=chain_prompts[:3])
     assert odd_batch.tokens == references["ar"].tokens[:3]

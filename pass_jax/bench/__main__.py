@@ -22,11 +22,13 @@ from pathlib import Path
 from absl import app, flags
 from ml_collections import config_flags
 
-from pass_jax import cli
 from pass_jax.bench import protocol, report
+from pass_jax.cli.commands import run_training
+from pass_jax.cli.flags import flags_parser
 from pass_jax.config import DTYPE_NAMES
-from pass_jax.data import pipeline as data
+from pass_jax.data.prompts import config_prompts
 from pass_jax.experiment import ExperimentConfig
+from pass_jax.io.workdir import experiment_tokenizer, find_checkpoint, load_model
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file.")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, checkpoints).")
@@ -62,13 +64,13 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     exp = ExperimentConfig.from_config(_CONFIG.value)
     if _TRAIN.value:
-        status = cli.train_main(_CONFIG.value, _WORKDIR.value)
+        status = run_training(_CONFIG.value, _WORKDIR.value)
         if status:
             sys.exit(status)
-    tokenizer = cli.load_tokenizer(exp, _WORKDIR.value)
+    tokenizer = experiment_tokenizer(exp, _WORKDIR.value)
     models = {
-        f"{stage}: {STAGE_LABELS.get(stage, stage)}": cli.load_model(
-            cli.find_checkpoint(exp, _WORKDIR.value, stage), dtype=_DTYPE.value
+        f"{stage}: {STAGE_LABELS.get(stage, stage)}": load_model(
+            find_checkpoint(exp, _WORKDIR.value, stage), dtype=_DTYPE.value
         )
         for stage in _STAGES.value
     }
@@ -92,12 +94,8 @@ def main(argv: list[str]) -> None:
             cost_block_lens=(1, 2, 4),
         )
     test_split = dataclasses.replace(exp.data, split="test")
-    prompts = data.sample_prompts(
-        data.make_source(test_split),
-        tokenizer,
-        num_prompts=num_prompts,
-        prompt_len=_PROMPT_LEN.value,
-        seed=exp.data.seed,
+    prompts = config_prompts(
+        test_split, tokenizer, num_prompts=num_prompts, prompt_len=_PROMPT_LEN.value
     ).tolist()
     results = protocol.run(models, prompts, settings)
     results.update(num_prompts=num_prompts, prompt_len=_PROMPT_LEN.value, machine=report.machine())
@@ -108,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.flags_parser)
+    app.run(main, flags_parser=flags_parser)

@@ -18,10 +18,10 @@ from absl import app, flags
 from flax import nnx
 from ml_collections import config_flags
 
-from pass_jax import cli
 from pass_jax.aot import model_config
 from pass_jax.bench.report import machine
 from pass_jax.bench.timing import ForwardTimer
+from pass_jax.cli.flags import flags_parser
 from pass_jax.config import ModelConfig
 from pass_jax.decode.generation import bucket, generate
 from pass_jax.model import Transformer, loop_layers
@@ -55,7 +55,7 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
 
     first = run()  # compiles
     per_token_generate = (
-        statistics.median(run().stats["decode_s"] for _ in range(repeats)) / max_new_tokens
+        statistics.median(run().stats.decode_s for _ in range(repeats)) / max_new_tokens
     )
     context = len(prompt[0]) + max_new_tokens // 2  # the mean cache length during generation
     timer = ForwardTimer(model, [1, 2, 4, 5, 8, 16], context=context, capacity=capacity)
@@ -66,7 +66,7 @@ def measure(config: ModelConfig, max_new_tokens: int, repeats: int) -> dict:
         "dtype": config.dtype,
         "max_new_tokens": max_new_tokens,
         "cache_capacity": capacity,
-        "compile_s": first.stats["compile_s"],
+        "compile_s": first.stats.compile_s,
         "generate_ms_per_token": 1e3 * per_token_generate,
         "forward_ms_per_token": 1e3 * per_token_forward,
         "loop_overhead": per_token_generate / per_token_forward - 1.0,
@@ -89,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=cli.flags_parser)
+    app.run(main, flags_parser=flags_parser)

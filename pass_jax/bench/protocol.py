@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from pass_jax.bench.timing import ForwardTimer
-from pass_jax.decode.generation import bucket, generate
+from pass_jax.decode.generation import GenerationResult, bucket, generate
 from pass_jax.model import Transformer
 
 
@@ -78,9 +78,9 @@ def _decode(
     protocol: Protocol,
     temperature: float,
     seed: int,
-) -> dict[str, Any]:
+) -> GenerationResult:
     """One sequence decoded to exactly `max_new_tokens` (no EOS): its tokens and statistics."""
-    result = generate(
+    return generate(
         model,
         [prompt],
         max_new_tokens=protocol.max_new_tokens,
@@ -90,7 +90,6 @@ def _decode(
         top_k=protocol.top_k,
         seed=seed,
     )
-    return {**result.stats, "tokens": result.tokens[0]}
 
 
 def measure_temperature(
@@ -104,7 +103,7 @@ def measure_temperature(
     `timer` samples the forward costs after each prompt's round of methods."""
     methods = methods_for(protocol, temperature, model.config.max_lookahead)
     compile_s = {
-        m: _decode(model, prompts[0], m, protocol, temperature, 0)["compile_s"] for m in methods
+        m: _decode(model, prompts[0], m, protocol, temperature, 0).stats.compile_s for m in methods
     }
     seconds = {m: [] for m in methods}  # per repeat: mean seconds per sequence
     counts = {m: {"tokens": 0, "calls": 0, "reached": 0, "accepted": 0} for m in methods}
@@ -117,14 +116,14 @@ def measure_temperature(
             sequences = {}
             for method in order:
                 seed = protocol.seed + 1000 * repeat + i
-                stats = _decode(model, prompt, method, protocol, temperature, seed)
-                sequences[method] = stats["tokens"]
-                per_method[method].append(stats["decode_s"] + stats["prefill_s"])
+                result = _decode(model, prompt, method, protocol, temperature, seed)
+                sequences[method], stats = result.tokens[0], result.stats
+                per_method[method].append(stats.decode_s + stats.prefill_s)
                 c = counts[method]
-                c["tokens"] += stats["new_tokens"]
-                c["calls"] += stats["forward_passes"]
-                c["reached"] += np.asarray(stats["reached_by_position"])
-                c["accepted"] += np.asarray(stats["accepted_by_position"])
+                c["tokens"] += stats.new_tokens
+                c["calls"] += stats.forward_passes
+                c["reached"] += np.asarray(stats.reached_by_position)
+                c["accepted"] += np.asarray(stats.accepted_by_position)
             if temperature == 0.0:
                 for method in methods:
                     matched[method].append(_common_prefix(sequences[method], sequences[methods[0]]))

@@ -7,6 +7,12 @@ Modules: `generation` (the public call, its plan and statistics), `loop` (the ji
 `lax.while_loop` and the per-method steps), `verify` (the acceptance rules).
 """
 
-from pass_jax.decode.generation import METHODS, GenerationResult, generate
+from pass_jax.decode.generation import (
+    METHODS,
+    DecodeStats,
+    GenerationResult,
+    RowStats,
+    generate,
+)
 
-__all__ = ["METHODS", "GenerationResult", "generate"]
+__all__ = ["METHODS", "DecodeStats", "GenerationResult", "RowStats", "generate"]

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import jax
@@ -40,12 +40,48 @@ from jax.experimental import multihost_utils
 from pass_jax import sharding
 from pass_jax.config import ModelConfig
 from pass_jax.decode import loop
-from pass_jax.model import Transformer
-from pass_jax.sampling import SamplingConfig, SamplingParams
+from pass_jax.model import Transformer, unk_lookahead_table
+from pass_jax.sampling import Sampler, SamplingParams
 
 METHODS = ("ar", "pass", "pass_unk")
 _MIN_BUCKET = 16
 _EXECUTABLES: dict[Any, Any] = {}
+ArgTree = Any  # a program argument: arrays or `jax.ShapeDtypeStruct`s, or a tree of them
+
+
+@dataclasses.dataclass(frozen=True)
+class RowStats:
+    """Per-row statistics, one entry per row (`reached`/`accepted`: one list of L per row)."""
+
+    forward_passes: list[int]
+    new_tokens: list[int]
+    tau: list[float]
+    reached: list[list[int]]
+    accepted: list[list[int]]
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeStats:
+    """Statistics of one `generate` call; `*_by_position` lists have one entry per draft slot."""
+
+    forward_passes: int  # decode-loop model calls (the prefill call is not counted)
+    new_tokens: int
+    tau: float  # new tokens per model call made while a row was active
+    num_lookahead: int
+    per_row: RowStats
+    reached_by_position: list[int]  # how often draft slot i was verified
+    accepted_by_position: list[int]  # how often draft slot i was accepted
+    acceptance_by_position: list[float]
+    acceptance_rate: float  # accepted drafts / proposed drafts
+    decode_s: float
+    prefill_s: float
+    compile_s: float
+    tokens_per_s: float
+    method: str
+
+    def as_dict(self) -> dict[str, Any]:
+        """Plain nested dicts and lists, for JSON."""
+        return dataclasses.asdict(self)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,12 +89,132 @@ class GenerationResult:
     """New tokens per row (no padding, ending at EOS when produced) and decoding statistics."""
 
     tokens: list[list[int]]
-    stats: dict[str, Any]
+    stats: DecodeStats
 
 
 def bucket(n: int) -> int:
     """The power of two (at least 16) that a length is padded to."""
     return max(_MIN_BUCKET, 1 << (max(n, 1) - 1).bit_length())
+
+
+@dataclasses.dataclass(frozen=True)
+class Program:
+    """`fn(graphdef, *args, **static)` as one jitted program: `args` are its arguments (arrays or
+    `jax.ShapeDtypeStruct`s), `donate` indexes them."""
+
+    fn: Callable[..., Any]
+    graphdef: nnx.GraphDef
+    args: tuple[ArgTree, ...]
+    static: dict[str, Any]
+    donate: tuple[int, ...] = ()
+
+    def lower(self) -> jax.stages.Lowered:
+        """Lowered under the mesh the arguments live on (none if they live on no mesh, whatever
+        mesh the caller set): the program depends only on the arguments."""
+        jitted = jax.jit(
+            lambda *args: self.fn(self.graphdef, *args, **self.static), donate_argnums=self.donate
+        )
+        with jax.set_mesh(sharding.mesh_of(self.args)):
+            return jitted.lower(*self.args)
+
+    def compiled(self) -> tuple[jax.stages.Compiled, float]:
+        """The executable (compiled once per shape, dtype and sharding of the arguments), which
+        takes `args`, and the seconds spent compiling it now."""
+        leaves, treedef = jax.tree.flatten(self.args)
+        signature = tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves)
+        static = tuple(sorted(self.static.items()))
+        key = (self.fn, self.graphdef, treedef, signature, static, self.donate)
+        if key in _EXECUTABLES:
+            return _EXECUTABLES[key], 0.0
+        start = time.perf_counter()
+        executable = self.lower().compile()
+        _EXECUTABLES[key] = executable
+        return executable, time.perf_counter() - start
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodePlan:
+    """The static shape of a `generate` call: everything its compiled programs depend on besides
+    the model and the argument shardings."""
+
+    method: str
+    num_lookahead: int  # drafts per iteration; 0 runs the autoregressive loop
+    sampler: Sampler
+    batch_size: int
+    prompt_block: int  # prompts are right-padded to this many tokens
+    capacity: int  # cache positions per row: bucketed lengths plus the lookahead window
+    buffer_len: int  # new tokens each row's output buffer holds
+
+    @classmethod
+    def create(
+        cls,
+        config: ModelConfig,
+        batch_size: int,
+        longest_prompt: int,
+        max_new_tokens: int,
+        method: str,
+        num_lookahead: int,
+        sampler: Sampler,
+    ) -> DecodePlan:
+        """Buckets the lengths (`bucket`); the cache holds both buckets and the drafts."""
+        capacity = min(
+            config.max_seq_len, bucket(longest_prompt) + bucket(max_new_tokens) + num_lookahead
+        )
+        return cls(
+            method=method,
+            num_lookahead=num_lookahead,
+            sampler=sampler,
+            batch_size=batch_size,
+            prompt_block=min(bucket(longest_prompt), capacity),
+            capacity=capacity,
+            buffer_len=bucket(max_new_tokens),
+        )
+
+    def row_inputs(self) -> tuple[jax.ShapeDtypeStruct, ...]:
+        """Shapes of the per-row inputs: prompt tokens [B, P], prompt lengths [B], pending
+        tokens [B], PRNG keys [B]."""
+        batch = self.batch_size
+        keys = jax.eval_shape(lambda: jax.random.split(jax.random.key(0), batch))
+        return (
+            jax.ShapeDtypeStruct((batch, self.prompt_block), jnp.int32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32),
+            jax.ShapeDtypeStruct((batch,), jnp.int32),
+            keys,
+        )
+
+    def prefill(
+        self, graphdef: nnx.GraphDef, params: ArgTree, tokens: ArgTree, lengths: ArgTree
+    ) -> Program:
+        """The prefill program: prompts [B, P] and their lengths [B] into a fresh cache."""
+        return Program(
+            loop.prefill, graphdef, (params, tokens, lengths), {"capacity": self.capacity}
+        )
+
+    def decode(
+        self,
+        graphdef: nnx.GraphDef,
+        params: ArgTree,
+        cache: ArgTree,
+        pending: ArgTree,
+        keys: ArgTree,
+        sampling_params: SamplingParams,
+        max_new_tokens: int,
+        eos_id: int | None,
+    ) -> Program:
+        """The decoding loop from the prefilled cache (donated); the token limit, EOS id and
+        sampling parameters are traced."""
+        limits = (jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id))
+        return Program(
+            loop.decode,
+            graphdef,
+            (params, cache, pending, keys, sampling_params, *limits),
+            {
+                "sampler": self.sampler,
+                "num_lookahead": self.num_lookahead,
+                "buffer_len": self.buffer_len,
+            },
+            donate=(1,),
+        )
 
 
 def generate(
@@ -79,70 +235,49 @@ def generate(
     Rows are independent: each has its own cache length, positions and random stream (from
     `seed` and the row index), so a row's output does not depend on the rest of the batch.
     """
-    sampling_config = SamplingConfig(temperature, top_k, top_p)
+    sampler, sampling_params = Sampler.create(temperature, top_k, top_p)
     num_la = _check_inputs(model, prompts, max_new_tokens, method, num_lookahead, eos_id)
-    config = model.config
     lengths = np.array([len(p) for p in prompts], np.int32)
-    prompt_block, capacity = cache_shape(config, int(lengths.max()), max_new_tokens, num_la)
-    tokens = np.zeros((len(prompts), prompt_block), np.int32)
+    plan = DecodePlan.create(
+        model.config, len(prompts), int(lengths.max()), max_new_tokens, method, num_la, sampler
+    )
+    tokens = np.zeros((plan.batch_size, plan.prompt_block), np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = prompt
 
     graphdef, params = nnx.split(model)
     mesh = sharding.mesh_of(params)
     if method == "pass_unk":
-        params = _reset_lookahead_to_unk(params, config.unk_id)
-    loop_method = "pass" if num_la else "ar"
-    opts = loop.LoopOptions(num_la, *sampling_config.static_key)
-    consts = loop.LoopConstants(
-        max_new=jnp.int32(max_new_tokens),
-        eos_id=jnp.int32(-1 if eos_id is None else eos_id),
-        sampling=SamplingParams.from_config(sampling_config),
-    )
+        params = _with_unk_lookahead(params, model.config.unk_id)
     row_keys = jax.vmap(jax.random.fold_in, (None, 0))(
-        jax.random.key(seed), jnp.arange(len(prompts))
+        jax.random.key(seed), jnp.arange(plan.batch_size)
     )
-    pending = tokens[np.arange(len(prompts)), lengths - 1]
+    pending = tokens[np.arange(plan.batch_size), lengths - 1]
     tokens, lengths, pending, row_keys = (
         sharding.shard_batch(x, mesh) for x in (tokens, lengths, pending, row_keys)
     )
 
-    prefill_args = (graphdef, params, tokens, lengths)
-    prefill, prefill_compile_s = _compiled(loop.prefill, prefill_args, capacity=capacity)
+    program = plan.prefill(graphdef, params, tokens, lengths)
+    prefill, prefill_compile_s = program.compiled()
     start = time.perf_counter()
-    cache = jax.block_until_ready(prefill(*prefill_args[1:]))
+    cache = jax.block_until_ready(prefill(*program.args))
     prefill_s = time.perf_counter() - start
 
-    decode_args = (graphdef, params, cache, pending, row_keys, consts)
-    decode, decode_compile_s = _compiled(
-        loop.decode,
-        decode_args,
-        donate=(1,),
-        method=loop_method,
-        buffer_len=bucket(max_new_tokens),
-        opts=opts,
+    program = plan.decode(
+        graphdef, params, cache, pending, row_keys, sampling_params, max_new_tokens, eos_id
     )
+    decode, decode_compile_s = program.compiled()
     start = time.perf_counter()
-    state = jax.block_until_ready(decode(*decode_args[1:]))
+    state = jax.block_until_ready(decode(*program.args))
     decode_s = time.perf_counter() - start
     state = state.replace(cache=None, **_on_host(state, _RESULT_FIELDS))
 
     num_new = np.asarray(state.num_new)
     out = np.asarray(state.tokens)
-    new_tokens = [out[row, : num_new[row]].tolist() for row in range(len(prompts))]
-    stats = _statistics(state, num_la, decode_s, prefill_s, prefill_compile_s + decode_compile_s)
-    stats["method"] = method
+    new_tokens = [out[row, : num_new[row]].tolist() for row in range(plan.batch_size)]
+    compile_s = prefill_compile_s + decode_compile_s
+    stats = _statistics(state, plan, decode_s, prefill_s, compile_s)
     return GenerationResult(tokens=new_tokens, stats=stats)
-
-
-def cache_shape(
-    config: ModelConfig, longest_prompt: int, max_new_tokens: int, num_lookahead: int
-) -> tuple[int, int]:
-    """(prompt block, cache capacity) of a call: bucketed lengths plus the lookahead window."""
-    capacity = min(
-        config.max_seq_len, bucket(longest_prompt) + bucket(max_new_tokens) + num_lookahead
-    )
-    return min(bucket(longest_prompt), capacity), capacity
 
 
 def _check_inputs(
@@ -211,72 +346,47 @@ def _on_host(state: loop.DecodeState, fields: Sequence[str]) -> dict[str, np.nda
     return {name: fetch(getattr(state, name)) for name in fields}
 
 
-def _reset_lookahead_to_unk(params: nnx.State, unk_id: int) -> nnx.State:
-    """The "[UNK] lookahead" baseline: every lookahead row set to the UNK embedding."""
+def _with_unk_lookahead(params: nnx.State, unk_id: int) -> nnx.State:
+    """The "[UNK] lookahead" baseline: a copy of `params` with the untrained table."""
     params = jax.tree.map(lambda x: x, params)  # a shallow copy; leaves are immutable
-    table = params["lookahead"][...]
-    params["lookahead"][...] = jnp.broadcast_to(params["embed"][...][unk_id], table.shape)
+    rows = params["lookahead"][...].shape[0]
+    params["lookahead"][...] = unk_lookahead_table(params["embed"][...], unk_id, rows)
     return params
-
-
-def lower(fn, args: tuple, donate: tuple[int, ...] = (), **static) -> jax.stages.Lowered:
-    """`fn(*args, **static)` lowered with its first arg static and `args[1:]` as arguments
-    (arrays or `jax.ShapeDtypeStruct`s), traced under the mesh they live on (none if they live
-    on no mesh, whatever mesh the caller set): the program depends only on the arguments."""
-    graphdef = args[0]
-    jitted = jax.jit(lambda *rest: fn(graphdef, *rest, **static), donate_argnums=donate)
-    with jax.set_mesh(sharding.mesh_of(args[1:])):
-        return jitted.lower(*args[1:])
-
-
-def _compiled(fn, args: tuple, donate: tuple[int, ...] = (), **static):
-    """An executable for `fn(*args, **static)` (first arg static), compiled once per shape,
-    dtype and sharding of `args[1:]`.
-
-    Returns the executable (which takes `args[1:]`) and the seconds spent compiling now.
-    """
-    leaves, treedef = jax.tree.flatten(args[1:])
-    signature = tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves)
-    key = (fn, args[0], treedef, signature, tuple(sorted(static.items())), donate)
-    if key in _EXECUTABLES:
-        return _EXECUTABLES[key], 0.0
-    start = time.perf_counter()
-    executable = lower(fn, args, donate, **static).compile()
-    _EXECUTABLES[key] = executable
-    return executable, time.perf_counter() - start
 
 
 def _statistics(
     state: loop.DecodeState,
-    num_lookahead: int,
+    plan: DecodePlan,
     decode_s: float,
     prefill_s: float,
     compile_s: float,
-) -> dict[str, Any]:
+) -> DecodeStats:
     row_calls = np.asarray(state.row_calls)
     num_new = np.asarray(state.num_new)
     reached = np.asarray(state.reached).sum(axis=0)
     accepted = np.asarray(state.accepted).sum(axis=0)
     total_new = int(num_new.sum())
+    num_lookahead = plan.num_lookahead
     proposed = int(reached[0]) * num_lookahead if num_lookahead else 0
-    return {
-        "forward_passes": int(state.calls),
-        "new_tokens": total_new,
-        "tau": total_new / max(int(row_calls.sum()), 1),
-        "num_lookahead": num_lookahead,
-        "per_row": {
-            "forward_passes": row_calls.tolist(),
-            "new_tokens": num_new.tolist(),
-            "tau": (num_new / np.maximum(row_calls, 1)).tolist(),
-            "reached": np.asarray(state.reached).tolist(),
-            "accepted": np.asarray(state.accepted).tolist(),
-        },
-        "reached_by_position": reached.tolist(),
-        "accepted_by_position": accepted.tolist(),
-        "acceptance_by_position": (accepted / np.maximum(reached, 1)).tolist(),
-        "acceptance_rate": float(accepted.sum()) / proposed if proposed else 0.0,
-        "decode_s": decode_s,
-        "prefill_s": prefill_s,
-        "compile_s": compile_s,
-        "tokens_per_s": total_new / decode_s if decode_s > 0 else 0.0,
-    }
+    return DecodeStats(
+        forward_passes=int(state.calls),
+        new_tokens=total_new,
+        tau=total_new / max(int(row_calls.sum()), 1),
+        num_lookahead=num_lookahead,
+        per_row=RowStats(
+            forward_passes=row_calls.tolist(),
+            new_tokens=num_new.tolist(),
+            tau=(num_new / np.maximum(row_calls, 1)).tolist(),
+            reached=np.asarray(state.reached).tolist(),
+            accepted=np.asarray(state.accepted).tolist(),
+        ),
+        reached_by_position=reached.tolist(),
+        accepted_by_position=accepted.tolist(),
+        acceptance_by_position=(accepted / np.maximum(reached, 1)).tolist(),
+        acceptance_rate=float(accepted.sum()) / proposed if proposed else 0.0,
+        decode_s=decode_s,
+        prefill_s=prefill_s,
+        compile_s=compile_s,
+        tokens_per_s=total_new / decode_s if decode_s > 0 else 0.0,
+        method=plan.method,
+    )

@@ -8,16 +8,15 @@ commits all prompt tokens but the last, which becomes the first pending token.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
-from pass_jax import sampling
 from pass_jax.decode import verify
 from pass_jax.kv_cache import KVCache
 from pass_jax.model import Transformer
+from pass_jax.sampling import Sampler, SamplingParams, split_keys
 
 
 @struct.dataclass
@@ -28,46 +27,23 @@ class DecodeState:
     pending: jax.Array  # [B] int32: sampled, KV not yet in the cache
     tokens: jax.Array  # [B, N] int32: new tokens, written left to right
     num_new: jax.Array  # [B] int32: new tokens so far
-    done: jax.Array  # [B] bool: EOS produced or max_new_tokens reached
+    done: jax.Array  # [B] bool: EOS produced or max_new tokens reached
     keys: jax.Array  # [B] PRNG keys, one stream per row
     row_calls: jax.Array  # [B] int32: model calls made while the row was active
     calls: jax.Array  # [] int32: model calls made
     reached: jax.Array  # [B, L] int32: how often draft position i was verified
     accepted: jax.Array  # [B, L] int32: how often draft position i was accepted
+    max_new: jax.Array  # [] int32: the call's token limit per row (traced: free to change)
+    eos_id: jax.Array  # [] int32: the call's EOS token, -1 for none (traced)
 
-
-@struct.dataclass
-class LoopConstants:
-    """Per-call values that stay fixed during the loop (traced, so changing them is free)."""
-
-    max_new: jax.Array  # [] int32
-    eos_id: jax.Array  # [] int32, -1 for none
-    sampling: sampling.SamplingParams
-
-
-@struct.dataclass
-class LoopOptions:
-    """Per-call values that shape the compiled program."""
-
-    num_lookahead: int = struct.field(pytree_node=False)
-    greedy: bool = struct.field(pytree_node=False)
-    top_k: int = struct.field(pytree_node=False)
-    use_top_p: bool = struct.field(pytree_node=False)
-
-    def probabilities(self, logits: jax.Array, consts: LoopConstants) -> jax.Array:
-        return sampling.probabilities(
-            logits, consts.sampling, top_k=self.top_k, use_top_p=self.use_top_p
-        )
-
-    def choose(self, keys: jax.Array, logits: jax.Array, consts: LoopConstants) -> jax.Array:
-        """One token per position of logits [B, ..., V]: argmax if greedy, else sampled."""
-        if self.greedy:
-            return sampling.argmax(logits)
-        return sampling.sample(keys, self.probabilities(logits, consts))
+    @property
+    def num_lookahead(self) -> int:
+        """Drafts per PaSS iteration (0 for autoregressive decoding)."""
+        return self.reached.shape[1]
 
 
 def _emit(
-    state: DecodeState, window: jax.Array, count: jax.Array, active: jax.Array, c: LoopConstants
+    state: DecodeState, window: jax.Array, count: jax.Array, active: jax.Array
 ) -> DecodeState:
     """Appends the first `count[b]` tokens of window [B, W] to each active row.
 
@@ -76,27 +52,27 @@ def _emit(
     width = window.shape[1]
     offsets = jnp.arange(width, dtype=jnp.int32)[None, :]  # [1, W]
     valid = (offsets < count[:, None]) & active[:, None]
-    is_eos = valid & (window == c.eos_id)
+    is_eos = valid & (window == state.eos_id)
     eos_cut = jnp.where(jnp.any(is_eos, axis=1), jnp.argmax(is_eos, axis=1) + 1, width)
-    room = c.max_new - state.num_new
+    room = state.max_new - state.num_new
     n = jnp.where(active, jnp.minimum(jnp.minimum(count, eos_cut), room), 0)  # [B]
     keep = offsets < n[:, None]
     index = jnp.where(keep, state.num_new[:, None] + offsets, state.tokens.shape[1])
     rows = jnp.arange(window.shape[0])[:, None]
     tokens = state.tokens.at[rows, index].set(window, mode="drop")
     num_new = state.num_new + n
-    finished = jnp.any(is_eos & keep, axis=1) | (num_new >= c.max_new)
+    finished = jnp.any(is_eos & keep, axis=1) | (num_new >= state.max_new)
     return state.replace(tokens=tokens, num_new=num_new, done=state.done | (active & finished))
 
 
 def ar_step(
-    model: Transformer, state: DecodeState, c: LoopConstants, opts: LoopOptions
+    model: Transformer, sampler: Sampler, sampling: SamplingParams, state: DecodeState
 ) -> DecodeState:
     """Autoregressive decoding: one call on the pending token, one new token."""
     active = ~state.done
-    keys, sample_keys = sampling.split_keys(state.keys, 2)
+    keys, sample_keys = split_keys(state.keys, 2)
     logits, cache = model(state.pending[:, None], cache=state.cache)  # [B, 1, V]
-    next_token = opts.choose(sample_keys, logits[:, 0], c)  # [B]
+    next_token = sampler.choose(sample_keys, logits[:, 0], sampling)  # [B]
     state = state.replace(
         cache=cache.commit(active),
         keys=keys,
@@ -104,24 +80,24 @@ def ar_step(
         row_calls=state.row_calls + active,
         calls=state.calls + 1,
     )
-    return _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active, c)
+    return _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active)
 
 
 def pass_step(
-    model: Transformer, state: DecodeState, c: LoopConstants, opts: LoopOptions
+    model: Transformer, sampler: Sampler, sampling: SamplingParams, state: DecodeState
 ) -> DecodeState:
     """One iteration of PaSS (the paper's Algorithm 1): a draft call, then a verify call."""
-    batch, num_la = state.pending.shape[0], opts.num_lookahead
+    batch, num_la = state.pending.shape[0], state.num_lookahead
     active = ~state.done
-    keys, token_keys, draft_keys, verify_keys = sampling.split_keys(state.keys, 4)
+    keys, token_keys, draft_keys, verify_keys = split_keys(state.keys, 4)
 
     # Draft call: [t_{n-1}, LA_1 .. LA_L] -> t_n (exact, kept) and drafts d_1 .. d_L.
     inputs = jnp.zeros((batch, num_la + 1), jnp.int32).at[:, 0].set(state.pending)
     slots = jnp.broadcast_to(jnp.arange(-1, num_la, dtype=jnp.int32), (batch, num_la + 1))
     logits, cache = model(inputs, lookahead_slots=slots, cache=state.cache)  # [B, L+1, V]
-    next_token = opts.choose(token_keys, logits[:, 0], c)  # [B]
-    drafts = opts.choose(draft_keys, logits[:, 1:], c)  # [B, L]
-    draft_probs = None if opts.greedy else opts.probabilities(logits[:, 1:], c)  # [B, L, V]
+    next_token = sampler.choose(token_keys, logits[:, 0], sampling)  # [B]
+    drafts = sampler.choose(draft_keys, logits[:, 1:], sampling)  # [B, L]
+    draft_probs = None if sampler.greedy else sampler.probabilities(logits[:, 1:], sampling)
     state = state.replace(
         cache=cache.commit(active),
         keys=keys,
@@ -129,7 +105,7 @@ def pass_step(
         row_calls=state.row_calls + active,
         calls=state.calls + 1,
     )
-    state = _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active, c)
+    state = _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active)
 
     # Verify call: [t_n, d_1 .. d_L] -> accept a prefix of drafts, then a replacement or bonus.
     # It runs even when t_n finished every row (and then commits nothing): skipping it with a
@@ -137,10 +113,10 @@ def pass_step(
     still = active & ~state.done
     inputs = jnp.concatenate([state.pending[:, None], drafts], axis=1)  # [B, L+1]
     logits, cache = model(inputs, cache=state.cache)  # [B, L+1, V]
-    if opts.greedy:
+    if sampler.greedy:
         accepted, last = verify.verify_greedy(logits, drafts)
     else:
-        target_probs = opts.probabilities(logits, c)
+        target_probs = sampler.probabilities(logits, sampling)  # [B, L+1, V]
         accepted, last = verify.verify_sampled(verify_keys, target_probs, draft_probs, drafts)
     position = jnp.arange(num_la, dtype=jnp.int32)[None, :]  # [1, L]
     window = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)  # [B, L+1]
@@ -153,10 +129,7 @@ def pass_step(
         reached=state.reached + (still[:, None] & (position <= accepted[:, None])),
         accepted=state.accepted + (still[:, None] & (position < accepted[:, None])),
     )
-    return _emit(state, window, accepted + 1, still, c)
-
-
-STEPS: dict[str, Callable[..., DecodeState]] = {"ar": ar_step, "pass": pass_step}
+    return _emit(state, window, accepted + 1, still)
 
 
 def prefill(
@@ -179,16 +152,18 @@ def decode(
     cache: KVCache,
     pending: jax.Array,  # [B] int32: each prompt's last token
     keys: jax.Array,  # [B] PRNG keys
-    consts: LoopConstants,
+    sampling: SamplingParams,
+    max_new: jax.Array,  # [] int32
+    eos_id: jax.Array,  # [] int32, -1 for none
     *,
-    method: str,
+    sampler: Sampler,
+    num_lookahead: int,
     buffer_len: int,
-    opts: LoopOptions,
 ) -> DecodeState:
-    """Runs `method`'s step in one `lax.while_loop` until every row is done."""
+    """Decodes in one `lax.while_loop` until every row is done: PaSS with `num_lookahead`
+    drafts per iteration, autoregressive for 0."""
     model = nnx.merge(graphdef, params)
     batch = pending.shape[0]
-    num_la = opts.num_lookahead
     state = DecodeState(
         cache=cache,
         pending=pending,
@@ -198,10 +173,12 @@ def decode(
         keys=keys,
         row_calls=jnp.zeros((batch,), jnp.int32),
         calls=jnp.int32(0),
-        reached=jnp.zeros((batch, num_la), jnp.int32),
-        accepted=jnp.zeros((batch, num_la), jnp.int32),
+        reached=jnp.zeros((batch, num_lookahead), jnp.int32),
+        accepted=jnp.zeros((batch, num_lookahead), jnp.int32),
+        max_new=max_new,
+        eos_id=eos_id,
     )
-    step = functools.partial(STEPS[method], model, c=consts, opts=opts)
+    step = functools.partial(pass_step if num_lookahead else ar_step, model, sampler, sampling)
     max_calls = 2 * buffer_len + 2  # every call makes progress; a guard, never reached
 
     def cond(state: DecodeState) -> jax.Array:

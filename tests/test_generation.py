@@ -1,13 +1,12 @@
-"""Autoregressive `generate`: exactness, batching, sampling, EOS, compilation, and bad input."""
+"""`generate`: exactness against full forwards, batching, sampling options, EOS, statistics,
+compilation, and bad input."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import forward, greedy_reference, tiny_model
-from scipy import stats
+from conftest import forward, greedy_reference, sharp_model, tiny_model
 
-from pass_jax import sampling
 from pass_jax.decode import generation as decode
 from pass_jax.decode.generation import generate
 
@@ -18,9 +17,9 @@ def test_greedy_generate_equals_full_forward_reference_with_mixed_prompt_lengths
     result = generate(model, prompts, max_new_tokens=12)
     for prompt, tokens in zip(prompts, result.tokens, strict=True):
         assert tokens == greedy_reference(model, prompt, 12)
-    assert result.stats["forward_passes"] == 12
-    assert result.stats["new_tokens"] == 36
-    assert result.stats["tau"] == 1.0
+    assert result.stats.forward_passes == 12
+    assert result.stats.new_tokens == 36
+    assert result.stats.tau == 1.0
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -42,36 +41,6 @@ def _allowed_tokens(model, prompt, tokens, keep):
     seq = jnp.asarray([prompt + tokens], jnp.int32)
     probs = np.asarray(jax.nn.softmax(forward(model, seq)[0], axis=-1))
     return [keep(probs[len(prompt) - 1 + i])[tok] for i, tok in enumerate(tokens)]
-
-
-def test_sampler_draws_the_given_distribution_and_never_a_zero_probability_token():
-    probs = np.zeros(64, np.float32)
-    probs[[0, 5, 6, 40, 63]] = [0.5, 0.2, 1e-3, 0.299, 0.0]
-    probs[62] = 1 - probs.sum()  # the tail mass sits next to a zero at the very end
-    rows = 20000
-    keys = jax.random.split(jax.random.key(0), rows)
-    batch = jnp.broadcast_to(jnp.asarray(probs), (rows, 2, 64))  # [B, 2, V]
-    draws = np.asarray(jax.jit(sampling.sample)(keys, batch)).reshape(-1)
-    assert set(np.unique(draws)) <= set(np.flatnonzero(probs))
-    support = np.flatnonzero(probs)
-    observed = np.array([(draws == t).sum() for t in support])
-    expected = probs[support] / probs[support].sum() * draws.size
-    assert stats.chisquare(observed, expected).pvalue > 1e-3
-    # Positions of one row are independent draws, not copies.
-    pairs = np.asarray(jax.jit(sampling.sample)(keys, batch))
-    assert np.mean(pairs[:, 0] == pairs[:, 1]) < 0.5
-
-
-def test_argmax_and_cumsum_match_numpy_including_ties_and_odd_sizes():
-    rng = np.random.default_rng(0)
-    for size in (1, 63, 64, 65, 4096, 5003):
-        ties = rng.integers(0, 4, (3, 2, size)).astype(np.float32)  # many tied maxima
-        np.testing.assert_array_equal(sampling.argmax(jnp.asarray(ties)), np.argmax(ties, -1))
-        probs = rng.dirichlet(np.ones(size), (3, 2)).astype(np.float32)
-        np.testing.assert_allclose(
-            sampling.cumsum(jnp.asarray(probs)), np.cumsum(probs, -1), rtol=1e-5, atol=1e-6
-        )
-    assert sampling.argmax(jnp.zeros((2, 7))).dtype == jnp.int32
 
 
 def test_top_k_samples_only_the_k_most_likely_tokens():
@@ -133,18 +102,58 @@ def test_eos_ends_each_row_and_max_new_tokens_is_exact():
         assert all(len(t) == n for t in generate(model, prompts, max_new_tokens=n).tokens)
 
 
+@pytest.mark.parametrize(("num_la", "iterations"), [(1, 6), (2, 5), (4, 3), (8, 3)])
+def test_perfect_drafts_reach_the_upper_bound_on_tau(num_la, iterations):
+    """All embeddings equal: every position predicts the same token, so every draft is the
+    greedy continuation and each iteration yields L+2 tokens in 2 calls. (The shapes are those
+    of test_invariants' greedy grid, whose programs they share.)"""
+    model = tiny_model(num_la, vocab_size=16, max_seq_len=78)
+    shared = jax.random.normal(jax.random.key(0), (model.config.d_model,))
+    model.embed[...] = jnp.broadcast_to(shared, model.embed[...].shape)
+    model.lookahead[...] = jnp.broadcast_to(shared, model.lookahead[...].shape)
+    max_new = iterations * (num_la + 2)
+    result = generate(
+        model, [[1, 2, 3]] * 8, max_new_tokens=max_new, method="pass", num_lookahead=num_la
+    )
+    assert result.stats.tau == pytest.approx((num_la + 2) / 2)
+    assert result.stats.forward_passes == 2 * iterations
+    assert result.stats.acceptance_by_position == [1.0] * num_la
+
+
+def test_acceptance_statistics_are_consistent():
+    model = sharp_model(20, vocab_size=16)
+    prompts = [[1, 2, 3], [4, 5], [6]]
+    result = generate(
+        model, prompts, max_new_tokens=40, method="pass", num_lookahead=4, temperature=1.0
+    )
+    per_row = result.stats.per_row
+    for reached, accepted in zip(per_row.reached, per_row.accepted, strict=True):
+        # draft i+1 is verified exactly when drafts 1..i were accepted
+        assert reached[1:] == accepted[:-1]
+        assert all(a <= r for a, r in zip(accepted, reached, strict=True))
+    assert per_row.new_tokens == [40, 40, 40]
+    assert all(t >= 1.0 for t in per_row.tau)
+    assert result.stats.tau == pytest.approx(120 / sum(per_row.forward_passes))
+    assert 0.0 < result.stats.acceptance_rate < 1.0
+
+
 def test_repeated_calls_in_one_bucket_compile_once():
     model = tiny_model(6)
     generate(model, [[1, 2, 3], [4, 5]], max_new_tokens=10)
     compiled = len(decode._EXECUTABLES)
     second = generate(model, [[9, 8, 7, 6, 5], [4]], max_new_tokens=12, temperature=0.0, seed=3)
     assert len(decode._EXECUTABLES) == compiled
-    assert second.stats["compile_s"] == 0.0
+    assert second.stats.compile_s == 0.0
     # temperature and top-p values are traced: changing them does not recompile either
     generate(model, [[1, 2]], max_new_tokens=10, temperature=0.5, top_p=0.9)
     compiled = len(decode._EXECUTABLES)
     generate(model, [[3, 2]], max_new_tokens=9, temperature=0.9, top_p=0.7, seed=4)
     assert len(decode._EXECUTABLES) == compiled
+    # PaSS likewise, whatever the prompts and max_new_tokens within the buckets
+    generate(model, [[1, 2, 3], [4]], max_new_tokens=20, method="pass", num_lookahead=4)
+    compiled = len(decode._EXECUTABLES)
+    again = generate(model, [[5, 6], [7, 8, 9]], max_new_tokens=25, method="pass", num_lookahead=4)
+    assert len(decode._EXECUTABLES) == compiled and again.stats.compile_s == 0.0
 
 
 @pytest.mark.parametrize(
@@ -169,4 +178,24 @@ def test_bad_input_is_a_clear_error_before_compiling(kwargs, message):
     call = dict(prompts=[[1, 2, 3]], max_new_tokens=10) | kwargs
     with pytest.raises(ValueError, match=message):
         generate(model, call.pop("prompts"), **call)
+    assert len(decode._EXECUTABLES) == compiled
+
+
+@pytest.mark.parametrize(
+    ("model_kwargs", "call", "message"),
+    [
+        (dict(max_lookahead=4), dict(num_lookahead=5), r"num_lookahead=5 is outside \[0, 4\]"),
+        (dict(max_lookahead=4), dict(num_lookahead=-1), r"num_lookahead=-1 is outside"),
+        (dict(max_lookahead=0), dict(num_lookahead=1), "needs a lookahead table"),
+        (dict(max_lookahead=0), dict(method="pass_unk"), "needs a lookahead table"),
+        (dict(max_lookahead=4), dict(method="ar", num_lookahead=2), "given with method='ar'"),
+        (dict(max_lookahead=8, max_seq_len=40), dict(num_lookahead=8), r"lookahead window \(8\)"),
+    ],
+)
+def test_bad_pass_input_is_a_clear_error_before_compiling(model_kwargs, call, message):
+    model = tiny_model(0, **model_kwargs)
+    compiled = len(decode._EXECUTABLES)
+    call = {"method": "pass"} | call
+    with pytest.raises(ValueError, match=message):
+        generate(model, [[1, 2, 3]], max_new_tokens=30, **call)
     assert len(decode._EXECUTABLES) == compiled
