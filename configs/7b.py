@@ -5,8 +5,13 @@
     python train.py --config configs/7b.py --workdir /runs/7b \\
         --config.train.init_from=/ckpt/llama2_7b_orbax \\
         --config.tokenizer.path=/ckpt/Llama-2-7b-hf/tokenizer.model
-    python -m pass_jax.aot --config configs/7b.py            # compile check, no accelerator
-    python train.py --config configs/7b.py --workdir /tmp/x --dry_run   # train step + decode
+    python train.py --config configs/7b.py --workdir /tmp/x --dry_run   # compile and size only
+    python -m pass_jax.aot --config configs/7b.py            # the decode programs alone
+    python decode.py --config configs/7b.py --workdir /runs/7b --compare --prompt "def "
+
+On several hosts (a TPU pod slice, several GPU hosts) every host runs the same train command
+with `--distributed`, and the workdir on storage every host sees (e.g. `gs://...`): see
+docs/training.md.
 
 Data: TFDS Wikipedia (`tfds_name`, prepared offline in `data.tfds_data_dir`); for a local code
 corpus set `--config.data.source=text_dir --config.data.path=/corpus --config.data.pattern=*.py
@@ -14,8 +19,7 @@ corpus set `--config.data.source=text_dir --config.data.path=/corpus --config.da
 
 The table has L_max = 8 rows (all trained); decoding drafts `decode.num_lookahead` = 4 of them by
 default, the paper's best setting for 7B. `mesh.train_shape` shards the frozen base FSDP-style
-over every device (data, fsdp, tensor); `mesh.decode_shape` is tensor parallel. On several hosts
-add `--distributed` (README, "Running on TPU and GPU").
+over every device (data, fsdp, tensor); `mesh.decode_shape` is tensor parallel.
 """
 
 import ml_collections

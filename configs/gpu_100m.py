@@ -1,17 +1,21 @@
-"""GPU benchmark model: a ~100M-parameter code model trained in bf16 on one accelerator, its
-frozen-recipe table and a lookahead-aware fine-tune, then the paper's protocol, in one command
-(BENCHMARKS.md, "On a GPU"):
+"""GPU 100M: the GPU benchmark model, a 97.5M-parameter code model trained in bfloat16 on one
+accelerator, its frozen-recipe table (`lookahead`) and a lookahead-aware fine-tune (`joint`),
+then the paper's protocol, in one command (about 10 minutes on one H200):
 
-    python -m pass_jax.bench --config configs/gpu_100m.py --workdir $PWD/gpu_100m --train \
+    python -m pass_jax.bench --config configs/gpu_100m.py --workdir $PWD/gpu_100m --train \\
         --stages lookahead,joint --num_prompts 16 --max_new_tokens 256 --repeats 2
 
 `--train` runs (or resumes, or skips when finished) the config's stages first: tokenizer, base
-(32.8M tokens of the Python standard library), `lookahead` (base frozen, table only) and
-`joint` (base + table). Measured on one H200: base 122 s of steps (313,000 tokens/s),
-`lookahead` 35 s, `joint` 34 s, the benchmark 5.4 min. Where the standard library lacks its
-test suite (Ubuntu's), its validation split is too small for `eval.loss_sequences`; train on
+(32.8M tokens), `lookahead` (base frozen, table only) and `joint` (base and table). Training
+alone, and decoding:
+
+    python train.py --config configs/gpu_100m.py --workdir $PWD/gpu_100m
+    python decode.py --config configs/gpu_100m.py --workdir $PWD/gpu_100m --compare --prompt "def "
+
+The corpus is the Python standard library sources. Where the standard library lacks its test
+suite (Ubuntu's Python), its validation split is too small for `eval.loss_sequences`; train on
 another code corpus with `--config.data.source=text_dir --config.data.path=DIR
---config.data.pattern=*.py` (the H200 run used PyTorch's sources).
+--config.data.pattern=*.py` (the same overrides on every command). Results: BENCHMARKS.md.
 """
 
 import ml_collections

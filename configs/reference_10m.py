@@ -1,28 +1,22 @@
-"""The training issue's reference protocol: a 10M-parameter stdlib model (d 256, 8 layers,
-untied, a 1,024-piece vocabulary), about 14 minutes of base training on 2 CPU cores, the
-paper's frozen recipe, then a lookahead-aware `joint` fine-tune of 3 minutes all in
-(generating its training continuations included); held-out loss and greedy acceptance on 80
-held-out prompts after each stage.
+"""Reference 10M: a 10M-parameter code model (d 256, 8 layers, untied, a 1,024-piece vocabulary)
+on the Python standard library, with the paper's frozen recipe and a 3-minute lookahead-aware
+fine-tune.
+
+About 14 minutes of base training on 2 CPU cores (float32 weights, bfloat16 matmul operands),
+then `lookahead` (base frozen, table only) and `joint` (base and table, on corpus rows and 128 of
+the model's own greedy continuations; 3 minutes with generating them). Held-out loss and greedy
+acceptance on 80 held-out prompts are reported after each stage: a fixed reference point for
+comparing training recipes at this size.
 
     python train.py --config configs/reference_10m.py --workdir /tmp/reference_10m
-    # the frozen-base table trained on the model's own greedy continuations, on the same base:
-    python train.py --config configs/reference_10m.py --workdir /tmp/reference_10m \
+    # a frozen-base table trained on the model's own continuations, on the same base:
+    python train.py --config configs/reference_10m.py --workdir /tmp/reference_10m \\
         --config.stages=base,lookahead,distill
+    python -m pass_jax.bench --config configs/reference_10m.py --workdir /tmp/reference_10m \\
+        --stages joint --num_prompts 4 --max_new_tokens 256 --repeats 3 --temperatures 0,0.5 \\
+        --lookaheads 2,4
 
-The issue's figures for such a model (12 min of float32 base training, held-out 3.02
-nats/token; its tokenizer not stated): frozen recipe 18% draft-1 acceptance against the
-model's own greedy continuation and 0.21 accepted drafts per window (untrained table 0.14);
-a 3-minute joint fine-tune 35% and 0.52 at held-out 3.06.
-
-Measured (2026-11-23, idle 2-core machine; 9.7M parameters, bfloat16 matmul operands): 1,050
-base steps (2.15M tokens) in 826 s, held-out 3.618 nats/token (1.448 nats/byte; at this
-vocabulary 2.5 bytes a token, so 3.02 nats/token would be 1.20 nats/byte). Greedy draft-1
-acceptance / accepted drafts per window: untrained [UNK] table 0.093 / 0.149; frozen recipe
-(80 steps, 77 s) 0.067 / 0.068; `distill` (frozen base; 125 s generating, 84 s training)
-0.090 / 0.093; `joint` (33 s generating 128 continuations, then 150 steps in 156 s) **0.453 /
-0.600, tau 1.29**, held-out 3.645 (+0.027). A longer `joint`, 512 continuations (125 s) and
-180 steps (188 s) (`--config.joint.generations=512 --config.joint.steps=180`): 0.456 / 0.719,
-tau 1.35, held-out 3.636.
+Results: BENCHMARKS.md.
 """
 
 import ml_collections
@@ -35,7 +29,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.update(
         d_model=256, n_layers=8, n_heads=4, n_kv_heads=4, head_dim=64, d_ff=1152,
         max_seq_len=1024, max_lookahead=8,
-        matmul_dtype="bfloat16",  # float32 model, bf16 matmul operands: ~1.8x on AVX512-BF16
+        matmul_dtype="auto",  # bf16 matmul operands where native (AVX512-BF16, sm80+, TPU)
     )  # fmt: skip
     config.tokenizer.update(vocab_size=1024, max_train_bytes=8_000_000)
     config.data.update(seq_len=256, batch_size=8)

@@ -1,20 +1,16 @@
-"""Tiny: tokenizer, base pretraining, the frozen lookahead recipe and a short joint fine-tune on
-the Python standard library, in at most 15 minutes on 2 CPU cores (float32 weights, bfloat16
-matmul operands: on a CPU without AVX512-BF16 try `--config.model.matmul_dtype=float32`).
+"""Tiny: the end-to-end demo on a CPU (about 11 minutes on 2 cores).
+
+Trains a tokenizer and a 4.5M-parameter code model on the Python standard library sources of
+the machine (no download), then the lookahead table with the paper's recipe (`lookahead`: base
+frozen, table only), then a short lookahead-aware fine-tune (`joint`: base and table, partly on
+the model's own greedy continuations). Float32 weights with bfloat16 matmul operands; on a CPU
+without native bfloat16 (AVX512-BF16) try `--config.model.matmul_dtype=float32`.
 
     python train.py --config configs/tiny.py --workdir /tmp/tiny_run
     python decode.py --config configs/tiny.py --workdir /tmp/tiny_run --compare --prompt "def "
+    python -m pass_jax.bench --config configs/tiny.py --workdir /tmp/tiny_run --quick
 
-Stage `joint` starts from the frozen recipe's table and fine-tunes base + table together on
-corpus rows and the model's own greedy continuations: its held-out loss and acceptance are
-reported next to the frozen recipe's.
-
-Measured (2026-11-23, 4.5M parameters, a 1,024-piece vocabulary; the machine otherwise idle):
-the whole run in 11.1 min, 362 s of it the 850 base steps (1.74M tokens, about 4,800 training
-tokens/s). Held-out loss 3.772 nats/token (1.509 nats/byte), 3.783 after the joint fine-tune.
-Greedy draft-1 acceptance / accepted drafts per window on 32 held-out prompts: untrained [UNK]
-table 0.070 / 0.142, frozen recipe 0.065 / 0.083, joint 0.367 / 0.578 (tau 1.29). The decode
-command then ran PaSS 1.33x faster than autoregressive decoding (tau 1.41, the same tokens).
+Installed: `pass-jax-train --config tiny --workdir /tmp/tiny_run`. Results: BENCHMARKS.md.
 """
 
 import ml_collections
@@ -27,7 +23,7 @@ def get_config() -> ml_collections.ConfigDict:
     config.model.update(
         d_model=256, n_layers=5, n_heads=4, n_kv_heads=4, head_dim=64, d_ff=704,
         max_seq_len=512, max_lookahead=4,
-        matmul_dtype="bfloat16",  # float32 model, bf16 matmul operands: ~1.8x on AVX512-BF16
+        matmul_dtype="auto",  # bf16 matmul operands where native (AVX512-BF16, sm80+, TPU)
     )  # fmt: skip
     config.tokenizer.update(vocab_size=1024, max_train_bytes=8_000_000)
     config.data.update(seq_len=256, batch_size=8)

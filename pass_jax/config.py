@@ -8,6 +8,8 @@ from typing import Any
 
 import jax.numpy as jnp
 
+from pass_jax.matmul import resolve_matmul_dtype
+
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPE_NAMES = tuple(_DTYPES)  # the dtypes a ModelConfig (and every --dtype flag) accepts
 _ROPE_TYPES = ("default", "linear", "llama3")
@@ -44,7 +46,9 @@ class ModelConfig:
     `matmul_dtype` (None: the compute dtype) a narrower dtype the matrix multiplies round their
     operands to, accumulating in the compute dtype (`pass_jax.matmul`): "bfloat16" on a float32
     model is a TPU's default matmul precision, and 1.7-1.95x the float32 train step on a CPU
-    with AVX512-BF16 (README).
+    with AVX512-BF16 (README). "auto" is "bfloat16" on a float32 model where the hardware
+    multiplies bfloat16 natively, else None; the config keeps "auto" (a checkpoint resolves it
+    on the machine that loads it) and `operand_dtype` resolves it, once per process.
     """
 
     vocab_size: int = 32000
@@ -76,14 +80,18 @@ class ModelConfig:
             raise ValueError(f"n_kv_heads ({self.n_kv_heads}) must divide n_heads ({self.n_heads})")
         if self.head_dim % 2:
             raise ValueError(f"head_dim must be even for rotary embeddings, got {self.head_dim}")
-        optional = ("matmul_dtype",) if self.matmul_dtype is not None else ()
-        for name in ("dtype", "param_dtype", *optional):
+        for name in ("dtype", "param_dtype"):
             if getattr(self, name) not in _DTYPES:
                 raise ValueError(
                     f"ModelConfig.{name}={getattr(self, name)!r}; choose one of {list(_DTYPES)}"
                 )
-        if self.matmul_dtype not in (None, self.dtype) and (
-            self.operand_dtype.itemsize >= self.compute_dtype.itemsize
+        if self.matmul_dtype not in (None, "auto", *_DTYPES):
+            raise ValueError(
+                f"ModelConfig.matmul_dtype={self.matmul_dtype!r}; choose None, 'auto' or one of "
+                f"{list(_DTYPES)}"
+            )
+        if self.matmul_dtype not in (None, "auto", self.dtype) and (
+            jnp.dtype(_DTYPES[self.matmul_dtype]).itemsize >= self.compute_dtype.itemsize
         ):
             raise ValueError(
                 f"ModelConfig.matmul_dtype={self.matmul_dtype!r} must be narrower than "
@@ -100,8 +108,8 @@ class ModelConfig:
 
     @property
     def operand_dtype(self) -> jnp.dtype:
-        """The dtype the matrix multiplies round their operands to."""
-        return jnp.dtype(_DTYPES[self.matmul_dtype or self.dtype])
+        """The dtype the matrix multiplies round their operands to ("auto" resolved)."""
+        return jnp.dtype(_DTYPES[resolve_matmul_dtype(self.matmul_dtype, self.dtype) or self.dtype])
 
     @property
     def weight_dtype(self) -> jnp.dtype:

@@ -9,14 +9,66 @@ weights, norms, softmaxes, residual stream and optimizer stay float32.
 XLA's autodiff of `einsum(x.astype(bf16), w.astype(bf16))` would multiply the float32
 cotangent by the upcast operand, i.e. run the backward matmuls (two thirds of a train step's
 FLOPs) in float32; `contract` has its own VJP that rounds the cotangent as well.
+
+`matmul_dtype="auto"` picks bfloat16 operands for a float32 model where the hardware multiplies
+bfloat16 natively (`native_bf16`), else the compute dtype (`resolve_matmul_dtype`).
 """
 
 from __future__ import annotations
 
 import functools
+import re
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
+
+BF16_CPU_FLAGS = ("avx512_bf16", "amx_bf16")  # /proc/cpuinfo flags of native bf16 multiplies
+
+
+def native_bf16(platform: str, *, compute_capability: str | None = None, cpuinfo: str = "") -> bool:
+    """Whether a device multiplies bfloat16 natively: any TPU; an NVIDIA GPU of compute
+    capability >= 8.0 (``"8.0"``: Ampere); a CPU whose ``/proc/cpuinfo`` text (`cpuinfo`) lists
+    one of `BF16_CPU_FLAGS`. Anything else (other GPUs, unknown platforms): False."""
+    if platform == "tpu":
+        return True
+    if platform in ("gpu", "cuda"):
+        major = re.match(r"(\d+)\.", compute_capability or "")
+        return major is not None and int(major.group(1)) >= 8
+    if platform == "cpu":
+        flags = {
+            flag
+            for line in cpuinfo.splitlines()
+            if line.partition(":")[0].strip() == "flags"
+            for flag in line.partition(":")[2].split()
+        }
+        return any(flag in flags for flag in BF16_CPU_FLAGS)
+    return False
+
+
+@functools.cache
+def host_native_bf16() -> bool:
+    """`native_bf16` of this process's default device, checked once (so fixed per process)."""
+    device = jax.devices()[0]
+    cpuinfo_path = Path("/proc/cpuinfo")
+    cpuinfo = (
+        cpuinfo_path.read_text() if device.platform == "cpu" and cpuinfo_path.is_file() else ""
+    )
+    capability = getattr(device, "compute_capability", None)
+    return native_bf16(device.platform, compute_capability=capability, cpuinfo=cpuinfo)
+
+
+def resolve_matmul_dtype(
+    matmul_dtype: str | None, dtype: str, *, native: bool | None = None
+) -> str | None:
+    """A `ModelConfig.matmul_dtype` with "auto" resolved: "bfloat16" on a float32 model whose
+    device multiplies bfloat16 natively (`native`, default `host_native_bf16()`), else None (the
+    compute dtype). Any other value is returned as is."""
+    if matmul_dtype != "auto":
+        return matmul_dtype
+    if dtype != "float32":
+        return None
+    return "bfloat16" if (host_native_bf16() if native is None else native) else None
 
 
 def _terms(spec: str) -> tuple[str, str, str]:

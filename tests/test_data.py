@@ -11,7 +11,25 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pass_jax.data import pipeline as data
+from pass_jax.data.batches import (
+    BatchIterator,
+    build_dataset,
+    concat_rows,
+    iterate_tokens,
+    make_iterator,
+    spread_batches,
+)
+from pass_jax.data.config import DEFAULT_SPLIT_FRACTIONS, SPLITS, DataConfig
+from pass_jax.data.prompts import config_prompts, sample_prompts
+from pass_jax.data.sources import (
+    JsonlSource,
+    TextFileSource,
+    TfdsSource,
+    make_source,
+    split_for_key,
+    stdlib_source,
+)
+from pass_jax.data.tokens import bos_prefix, load_token_stream, tokenize_documents
 from pass_jax.tokenizer import Tokenizer, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -61,7 +79,7 @@ def _expected_stream(tok: Tokenizer, docs: list[str], add_bos: bool = False) -> 
     return np.asarray(out, np.int32)
 
 
-def _text_config(corpus_dir: Path, **kw: object) -> data.DataConfig:
+def _text_config(corpus_dir: Path, **kw: object) -> DataConfig:
     base = dict(
         source="text_dir",
         path=str(corpus_dir),
@@ -72,7 +90,7 @@ def _text_config(corpus_dir: Path, **kw: object) -> data.DataConfig:
         shard_count=1,
     )
     base.update(kw)
-    return data.DataConfig(**base)  # type: ignore[arg-type]
+    return DataConfig(**base)  # type: ignore[arg-type]
 
 
 # ------------------------------------------------------------------------------------- splits
@@ -83,16 +101,16 @@ def test_split_for_key_is_the_sha1_rule() -> None:
     for key in ["os.py", "json/decoder.py", "test/test_os.py", "ünïcode/ключ.py"]:
         u = int(hashlib.sha1(key.encode()).hexdigest()[:16], 16) / 16**16
         expected = "train" if u < 0.90 else "validation" if u < 0.95 else "test"
-        assert data.split_for_key(key, fractions) == expected
-        assert data.split_for_key(key, fractions) == data.split_for_key(key, fractions)
-    assert data.split_for_key("anything", (1.0, 0.0, 0.0)) == "train"
-    assert data.split_for_key("anything", (0.0, 0.0, 1.0)) == "test"
+        assert split_for_key(key, fractions) == expected
+        assert split_for_key(key, fractions) == split_for_key(key, fractions)
+    assert split_for_key("anything", (1.0, 0.0, 0.0)) == "train"
+    assert split_for_key("anything", (0.0, 0.0, 1.0)) == "test"
     with pytest.raises(ValueError):
-        data.split_for_key("x", (0.5, 0.5, 0.5))
+        split_for_key("x", (0.5, 0.5, 0.5))
 
 
 def test_stdlib_splits_stable_disjoint_covering() -> None:
-    splits = {s: data.stdlib_source(s) for s in data.SPLITS}
+    splits = {s: stdlib_source(s) for s in SPLITS}
     keys = {s: set(src.keys) for s, src in splits.items()}
     assert all(keys.values())
     assert not keys["train"] & keys["validation"]
@@ -109,11 +127,11 @@ def test_stdlib_splits_stable_disjoint_covering() -> None:
         assert 0.02 < len(keys[s]) / n < 0.08
     # Stable: recomputing gives the same assignment and fingerprint, and each file lands in
     # the split given by the sha1 of its stdlib-relative path.
-    again = data.stdlib_source("validation")
+    again = stdlib_source("validation")
     assert again.keys == splits["validation"].keys
     assert again.fingerprint == splits["validation"].fingerprint
     for key in ["os.py", "json/decoder.py", "asyncio/tasks.py"]:
-        want = data.split_for_key(key, data.DEFAULT_SPLIT_FRACTIONS)
+        want = split_for_key(key, DEFAULT_SPLIT_FRACTIONS)
         assert key in keys[want]
     # Documents are the file contents.
     src = splits["validation"]
@@ -125,7 +143,7 @@ def test_stdlib_skips_undecodable_files(tmp_path: Path) -> None:
     (tmp_path / "bad.py").write_bytes(b"s = '\xff\xfe'\n")
     (tmp_path / "site-packages").mkdir()
     (tmp_path / "site-packages" / "third_party.py").write_text("y = 2\n")
-    src = data.stdlib_source("all", root=tmp_path)
+    src = stdlib_source("all", root=tmp_path)
     assert src.keys == ["good.py"] and src.skipped == ["bad.py"]
     assert list(src) == ["x = 1\n"]
 
@@ -134,7 +152,7 @@ def test_stdlib_skips_undecodable_files(tmp_path: Path) -> None:
 
 
 def test_text_dir_source(corpus_dir: Path) -> None:
-    src = data.TextFileSource(corpus_dir, pattern="*.txt")
+    src = TextFileSource(corpus_dir, pattern="*.txt")
     assert len(src) == len(CORPUS_FILES)
     assert src.skipped == ["not_utf8.txt"]
     assert src.keys == sorted(src.keys) and any("/" in k for k in src.keys)
@@ -143,20 +161,20 @@ def test_text_dir_source(corpus_dir: Path) -> None:
         assert src[i] == (corpus_dir / key).read_text(encoding="utf-8")
     with pytest.raises(IndexError):
         src[len(src)]
-    only_deep = data.TextFileSource(corpus_dir, pattern="deep/*.txt")
+    only_deep = TextFileSource(corpus_dir, pattern="deep/*.txt")
     assert only_deep.keys and all(k.startswith("deep/") for k in only_deep.keys)
     # Hash splits of a directory partition it (an empty split is an error).
     fractions = (0.5, 0.25, 0.25)
     union: list[str] = []
-    for split in data.SPLITS:
-        want = [k for k in src.keys if data.split_for_key(k, fractions) == split]
+    for split in SPLITS:
+        want = [k for k in src.keys if split_for_key(k, fractions) == split]
         if want:
-            part = data.TextFileSource(corpus_dir, split=split, split_fractions=fractions)
+            part = TextFileSource(corpus_dir, split=split, split_fractions=fractions)
             assert part.keys == want
             union += part.keys
         else:
             with pytest.raises(ValueError, match="no documents"):
-                data.TextFileSource(corpus_dir, split=split, split_fractions=fractions)
+                TextFileSource(corpus_dir, split=split, split_fractions=fractions)
     assert sorted(union) == src.keys
 
 
@@ -165,47 +183,45 @@ def test_jsonl_source(tmp_path: Path) -> None:
     texts = [f"def f{i}():\n    return {i}\n" for i in range(40)]
     lines = [json.dumps({"content": t, "id": i}) for i, t in enumerate(texts)]
     path.write_text("\n".join(lines[:20]) + "\n\n" + "\n".join(lines[20:]) + "\n")
-    src = data.JsonlSource(path, text_field="content")
+    src = JsonlSource(path, text_field="content")
     assert list(src) == texts
     split_docs = {
-        s: list(
-            data.JsonlSource(path, text_field="content", split=s, split_fractions=(0.6, 0.2, 0.2))
-        )
-        for s in data.SPLITS
+        s: list(JsonlSource(path, text_field="content", split=s, split_fractions=(0.6, 0.2, 0.2)))
+        for s in SPLITS
     }
     assert sorted(t for docs in split_docs.values() for t in docs) == sorted(texts)
     for s, docs in split_docs.items():
-        assert all(data.split_for_key(t, (0.6, 0.2, 0.2)) == s for t in docs)
+        assert all(split_for_key(t, (0.6, 0.2, 0.2)) == s for t in docs)
     with pytest.raises(ValueError, match="'text'"):
-        data.JsonlSource(path)  # default field missing
+        JsonlSource(path)  # default field missing
     (tmp_path / "broken.jsonl").write_text('{"text": "ok"}\n{not json\n')
     with pytest.raises(ValueError, match="line 2"):
-        data.JsonlSource(tmp_path / "broken.jsonl")
+        JsonlSource(tmp_path / "broken.jsonl")
 
 
 def test_missing_corpora_fail_early(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="no_such_dir"):
-        data.make_source(data.DataConfig(source="text_dir", path=str(tmp_path / "no_such_dir")))
+        make_source(DataConfig(source="text_dir", path=str(tmp_path / "no_such_dir")))
     with pytest.raises(FileNotFoundError, match=r"missing\.jsonl"):
-        data.make_source(data.DataConfig(source="jsonl", path=str(tmp_path / "missing.jsonl")))
+        make_source(DataConfig(source="jsonl", path=str(tmp_path / "missing.jsonl")))
     with pytest.raises(ValueError, match="no files matching"):
-        data.TextFileSource(tmp_path, pattern="*.nothing")
+        TextFileSource(tmp_path, pattern="*.nothing")
     with pytest.raises(FileNotFoundError, match="no_tfds_dir"):
-        data.make_source(data.DataConfig(source="tfds", path=str(tmp_path / "no_tfds_dir")))
+        make_source(DataConfig(source="tfds", path=str(tmp_path / "no_tfds_dir")))
     with pytest.raises(ValueError, match="not a prepared TFDS dataset"):
-        data.make_source(data.DataConfig(source="tfds", path=str(tmp_path)))
+        make_source(DataConfig(source="tfds", path=str(tmp_path)))
     with pytest.raises(ValueError, match="definitely_not_a_dataset_xyz"):
-        data.make_source(
-            data.DataConfig(
+        make_source(
+            DataConfig(
                 source="tfds", tfds_name="definitely_not_a_dataset_xyz", tfds_data_dir=str(tmp_path)
             )
         )
     with pytest.raises(ValueError, match="needs"):
-        data.make_source(data.DataConfig(source="jsonl"))
+        make_source(DataConfig(source="jsonl"))
     with pytest.raises(ValueError):
-        data.DataConfig(source="hdfs")  # type: ignore[arg-type]
+        DataConfig(source="hdfs")  # type: ignore[arg-type]
     with pytest.raises(ValueError):
-        data.DataConfig(shard_index=2, shard_count=2)
+        DataConfig(shard_index=2, shard_count=2)
 
 
 # -------------------------------------------------------------------------------------- TFDS
@@ -244,22 +260,22 @@ def tfds_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def test_tfds_sources(tfds_dir: Path, tok: Tokenizer) -> None:
     ds_dir = tfds_dir / "pass_jax_tiny_code" / "1.0.0"
     assert any(p.name.endswith(".array_record-00000-of-00001") for p in ds_dir.iterdir())
-    by_dir = data.TfdsSource(directory=ds_dir, split="train", text_key="code")
-    by_name = data.TfdsSource(
+    by_dir = TfdsSource(directory=ds_dir, split="train", text_key="code")
+    by_name = TfdsSource(
         name="pass_jax_tiny_code", data_dir=tfds_dir, split="train", text_key="code"
     )
     assert sorted(by_dir) == sorted(TFDS_DOCS["train"])
     assert list(by_name) == list(by_dir)
-    assert sorted(data.TfdsSource(directory=ds_dir, split="test", text_key="code")) == sorted(
+    assert sorted(TfdsSource(directory=ds_dir, split="test", text_key="code")) == sorted(
         TFDS_DOCS["test"]
     )
     with pytest.raises(ValueError, match="features"):
-        data.TfdsSource(directory=ds_dir, split="train", text_key="text")
+        TfdsSource(directory=ds_dir, split="train", text_key="text")
     with pytest.raises(ValueError, match="validation"):
-        data.TfdsSource(directory=ds_dir, split="validation", text_key="code")
+        TfdsSource(directory=ds_dir, split="validation", text_key="code")
 
     # The same pipeline reads it: unshuffled, packed in source order.
-    cfg = data.DataConfig(
+    cfg = DataConfig(
         source="tfds",
         path=str(ds_dir),
         split="train",
@@ -271,7 +287,7 @@ def test_tfds_sources(tfds_dir: Path, tok: Tokenizer) -> None:
         shard_index=0,
         shard_count=1,
     )
-    batches = list(data.make_iterator(cfg, tok))
+    batches = list(make_iterator(cfg, tok))
     expected = _expected_stream(tok, list(by_dir))
     got = np.concatenate([b.reshape(-1) for b in batches])
     n_batches = expected.size // 16 // 2
@@ -284,18 +300,18 @@ def test_tfds_sources(tfds_dir: Path, tok: Tokenizer) -> None:
 
 def test_tokenize_documents_appends_eos(tok: Tokenizer) -> None:
     docs = ["a = 1\n", "", "  b\n\n"]
-    stream = data.tokenize_documents(docs, tok)
+    stream = tokenize_documents(docs, tok)
     assert stream.dtype == np.int32
     np.testing.assert_array_equal(stream, _expected_stream(tok, docs))
-    with_bos = data.tokenize_documents(docs, tok, add_bos=True, max_documents=2)
+    with_bos = tokenize_documents(docs, tok, add_bos=True, max_documents=2)
     np.testing.assert_array_equal(with_bos, _expected_stream(tok, docs[:2], add_bos=True))
 
 
 def test_packing_unshuffled_is_the_document_stream(corpus_dir: Path, tok: Tokenizer) -> None:
     cfg = _text_config(corpus_dir, shuffle=False, num_epochs=1)
-    src = data.make_source(cfg)
+    src = make_source(cfg)
     expected = _expected_stream(tok, list(src))
-    batches = list(data.make_iterator(cfg, tok, src))
+    batches = list(make_iterator(cfg, tok, src))
     n_seq = expected.size // SEQ_LEN
     assert len(batches) == n_seq // 4
     for b in batches:
@@ -308,20 +324,20 @@ def test_packing_unshuffled_is_the_document_stream(corpus_dir: Path, tok: Tokeni
     assert got[first_doc_len] == tok.eos_id
 
 
-def _take(it: data.BatchIterator, n: int) -> list[np.ndarray]:
+def _take(it: BatchIterator, n: int) -> list[np.ndarray]:
     return [next(it) for _ in range(n)]
 
 
 def test_shuffle_deterministic_per_seed(corpus_dir: Path, tok: Tokenizer) -> None:
-    src = data.make_source(_text_config(corpus_dir))
+    src = make_source(_text_config(corpus_dir))
     stream = _expected_stream(tok, list(src))
     n_seq = stream.size // SEQ_LEN
     windows = {tuple(stream[i * SEQ_LEN : (i + 1) * SEQ_LEN]) for i in range(n_seq)}
     n = 2 * (n_seq // 4)  # about two epochs of batches
 
-    a = _take(data.make_iterator(_text_config(corpus_dir, seed=1), tok, src), n)
-    b = _take(data.make_iterator(_text_config(corpus_dir, seed=1), tok, src), n)
-    c = _take(data.make_iterator(_text_config(corpus_dir, seed=2), tok, src), n)
+    a = _take(make_iterator(_text_config(corpus_dir, seed=1), tok, src), n)
+    b = _take(make_iterator(_text_config(corpus_dir, seed=1), tok, src), n)
+    c = _take(make_iterator(_text_config(corpus_dir, seed=2), tok, src), n)
     assert all(np.array_equal(x, y) for x, y in zip(a, b, strict=True))
     assert not all(np.array_equal(x, y) for x, y in zip(a, c, strict=True))
     for batch in a:
@@ -333,9 +349,7 @@ def test_shuffle_deterministic_per_seed(corpus_dir: Path, tok: Tokenizer) -> Non
 def test_shuffle_is_a_fresh_permutation_each_epoch() -> None:
     n_seq, seq_len = 32, 8
     tokens = np.arange(n_seq * seq_len + 5, dtype=np.int32)  # 5 tail tokens are dropped
-    ds = data.build_dataset(
-        tokens, seq_len=seq_len, batch_size=4, seed=0, shard_index=0, shard_count=1
-    )
+    ds = build_dataset(tokens, seq_len=seq_len, batch_size=4, seed=0, shard_index=0, shard_count=1)
     rows = np.concatenate([ds[i] for i in range(3 * n_seq // 4)])  # 3 epochs, [3 * n_seq, T]
     assert rows.dtype == np.int32
     starts = rows[:, 0]
@@ -348,19 +362,19 @@ def test_shuffle_is_a_fresh_permutation_each_epoch() -> None:
         assert sorted(e) == list(range(n_seq))  # a permutation of all sequences
     assert list(epochs[0]) != list(range(n_seq))  # shuffled
     assert list(epochs[0]) != list(epochs[1]) != list(epochs[2])  # reshuffled per epoch
-    unshuffled = data.build_dataset(
+    unshuffled = build_dataset(
         tokens, seq_len=seq_len, batch_size=4, shuffle=False, shard_index=0, shard_count=1
     )
     np.testing.assert_array_equal(unshuffled[1], tokens[4 * seq_len : 8 * seq_len].reshape(4, -1))
 
 
 def test_sharding_partitions_sequences(corpus_dir: Path, tok: Tokenizer) -> None:
-    src = data.make_source(_text_config(corpus_dir))
+    src = make_source(_text_config(corpus_dir))
     stream = _expected_stream(tok, list(src))
     seen = []
     for shard in range(3):
         cfg = _text_config(corpus_dir, batch_size=2, num_epochs=1, shard_index=shard, shard_count=3)
-        seen.append([tuple(r) for b in data.make_iterator(cfg, tok, src) for r in b])
+        seen.append([tuple(r) for b in make_iterator(cfg, tok, src) for r in b])
     assert len({len(s) for s in seen}) == 1  # equal batch counts on every host
     flat = [r for s in seen for r in s]
     assert len(set(flat)) == len(flat)  # disjoint
@@ -369,30 +383,30 @@ def test_sharding_partitions_sequences(corpus_dir: Path, tok: Tokenizer) -> None
 
 
 def test_default_shard_uses_jax_process(corpus_dir: Path, tok: Tokenizer) -> None:
-    cfg = data.DataConfig(source="text_dir", path=str(corpus_dir), split="all", seq_len=SEQ_LEN)
+    cfg = DataConfig(source="text_dir", path=str(corpus_dir), split="all", seq_len=SEQ_LEN)
     explicit = _text_config(corpus_dir, batch_size=8)
-    x = next(data.make_iterator(cfg, tok))
-    y = next(data.make_iterator(explicit, tok))
+    x = next(make_iterator(cfg, tok))
+    y = next(make_iterator(explicit, tok))
     np.testing.assert_array_equal(x, y)
 
 
 def test_resume_mid_stream(corpus_dir: Path, tok: Tokenizer) -> None:
     cfg = _text_config(corpus_dir, seed=7)
-    src = data.make_source(cfg)
-    it = data.make_iterator(cfg, tok, src)
+    src = make_source(cfg)
+    it = make_iterator(cfg, tok, src)
     _take(it, 5)
     state = json.loads(json.dumps(it.get_state()))
     assert state["step"] == 5
     reference = _take(it, 20)  # crosses an epoch boundary
 
-    fresh = data.make_iterator(cfg, tok, src)
+    fresh = make_iterator(cfg, tok, src)
     first = next(fresh)
     fresh.set_state(state)
     resumed = _take(fresh, 20)
     assert all(np.array_equal(x, y) for x, y in zip(reference, resumed, strict=True))
     assert not np.array_equal(first, resumed[0])
 
-    other = data.make_iterator(_text_config(corpus_dir, seed=8), tok, src)
+    other = make_iterator(_text_config(corpus_dir, seed=8), tok, src)
     with pytest.raises(ValueError, match="different data stream"):
         other.set_state(state)
     with pytest.raises(ValueError):
@@ -401,66 +415,66 @@ def test_resume_mid_stream(corpus_dir: Path, tok: Tokenizer) -> None:
 
 def test_concat_rows_stacks_the_parts_and_resumes_them_together() -> None:
     stream = np.arange(400, dtype=np.int32)
-    config = data.DataConfig(seq_len=8, batch_size=2, shard_index=0, shard_count=1)
+    config = DataConfig(seq_len=8, batch_size=2, shard_index=0, shard_count=1)
     one = dataclasses.replace(config, batch_size=1, seed=1)
 
-    def parts() -> list[data.BatchIterator]:
-        return [data.iterate_tokens(stream, "a", config), data.iterate_tokens(-stream, "b", one)]
+    def parts() -> list[BatchIterator]:
+        return [iterate_tokens(stream, "a", config), iterate_tokens(-stream, "b", one)]
 
-    mixed = data.concat_rows(parts())
+    mixed = concat_rows(parts())
     expected = [_take(part, 4) for part in parts()]
     for i, batch in enumerate(_take(mixed, 4)):
         np.testing.assert_array_equal(batch, np.concatenate([expected[0][i], expected[1][i]]))
-    resumed = data.concat_rows(parts())
+    resumed = concat_rows(parts())
     resumed.set_state(json.loads(json.dumps(mixed.get_state())))
     np.testing.assert_array_equal(next(resumed), next(mixed))
-    other = data.concat_rows(parts()[::-1])
+    other = concat_rows(parts()[::-1])
     with pytest.raises(ValueError, match="different data stream"):
         other.set_state(mixed.get_state())
     started = parts()
     next(started[0])
     with pytest.raises(ValueError, match="each at step 0"):
-        data.concat_rows(started)
+        concat_rows(started)
 
 
 def test_token_cache(corpus_dir: Path, tok: Tokenizer, tmp_path: Path) -> None:
     cfg = _text_config(corpus_dir, cache_dir=str(tmp_path / "cache"))
-    tokens, key = data.load_token_stream(cfg, tok)
+    tokens, key = load_token_stream(cfg, tok)
     files = list((tmp_path / "cache").glob("tokens-*.npy"))
     assert len(files) == 1 and key[:24] in files[0].name
-    cached, key2 = data.load_token_stream(cfg, tok)
+    cached, key2 = load_token_stream(cfg, tok)
     assert key2 == key and isinstance(cached, np.memmap)
     np.testing.assert_array_equal(cached, tokens)
-    _, key3 = data.load_token_stream(_text_config(corpus_dir, add_bos=True), tok)
+    _, key3 = load_token_stream(_text_config(corpus_dir, add_bos=True), tok)
     assert key3 != key
-    it_cached = data.make_iterator(cfg, tok)
-    it_plain = data.make_iterator(_text_config(corpus_dir), tok)
+    it_cached = make_iterator(cfg, tok)
+    it_plain = make_iterator(_text_config(corpus_dir), tok)
     np.testing.assert_array_equal(next(it_cached), next(it_plain))
 
 
 def test_too_small_corpus_is_an_error(tok: Tokenizer) -> None:
     with pytest.raises(ValueError, match="fewer than batch_size"):
-        data.build_dataset(
+        build_dataset(
             np.arange(100, dtype=np.int32), seq_len=50, batch_size=4, shard_index=0, shard_count=1
         )
 
 
 def test_spread_batches_sample_the_whole_stream_the_same_for_any_batching() -> None:
     tokens = np.arange(1000, dtype=np.int32)  # 100 windows of 10: window i starts at 10 i
-    spread = data.spread_batches(
+    spread = spread_batches(
         tokens, seq_len=10, num_sequences=12, batch_size=4, shard_index=0, shard_count=1
     )
     assert [b.shape for b in spread] == [(4, 10)] * 3 and spread[0].dtype == np.int32
     starts = np.concatenate(spread)[:, 0] // 10
     assert starts[0] == 0 and starts[-1] == 99  # the first and the last window
     assert np.all(np.diff(starts) >= 8) and np.all(np.diff(starts) <= 10)  # evenly spread
-    one_batch = data.spread_batches(
+    one_batch = spread_batches(
         tokens, seq_len=10, num_sequences=12, batch_size=12, shard_index=0, shard_count=1
     )
     np.testing.assert_array_equal(np.concatenate(one_batch), np.concatenate(spread))
     shards = [
         np.concatenate(
-            data.spread_batches(
+            spread_batches(
                 tokens, seq_len=10, num_sequences=12, batch_size=2, shard_index=i, shard_count=3
             )
         )
@@ -472,10 +486,10 @@ def test_spread_batches_sample_the_whole_stream_the_same_for_any_batching() -> N
 def test_spread_batches_errors() -> None:
     tokens = np.arange(100, dtype=np.int32)
     with pytest.raises(ValueError, match="multiple of batch_size"):
-        data.spread_batches(tokens, seq_len=10, num_sequences=6, batch_size=4, shard_count=1,
+        spread_batches(tokens, seq_len=10, num_sequences=6, batch_size=4, shard_count=1,
                             shard_index=0)  # fmt: skip
     with pytest.raises(ValueError, match="fewer than the 12"):
-        data.spread_batches(tokens, seq_len=10, num_sequences=12, batch_size=4, shard_count=1,
+        spread_batches(tokens, seq_len=10, num_sequences=12, batch_size=4, shard_count=1,
                             shard_index=0)  # fmt: skip
 
 
@@ -483,16 +497,43 @@ def test_spread_batches_errors() -> None:
 
 
 def test_sample_prompts(corpus_dir: Path, tok: Tokenizer) -> None:
-    src = data.TextFileSource(corpus_dir)
-    prompts = data.sample_prompts(src, tok, num_prompts=5, prompt_len=32, seed=3)
+    src = TextFileSource(corpus_dir)
+    prompts = sample_prompts(src, tok, num_prompts=5, prompt_len=32, seed=3, add_bos=False)
     assert prompts.shape == (5, 32) and prompts.dtype == np.int32
     firsts = {tuple(tok.encode(d)[:32]) for d in src}
     assert all(tuple(p) in firsts for p in prompts)
     assert len({tuple(p) for p in prompts}) == 5
-    again = data.sample_prompts(src, tok, num_prompts=5, prompt_len=32, seed=3)
+    again = sample_prompts(src, tok, num_prompts=5, prompt_len=32, seed=3, add_bos=False)
     np.testing.assert_array_equal(prompts, again)
-    ordered = data.sample_prompts(src, tok, num_prompts=2, prompt_len=8, seed=None, add_bos=True)
+    ordered = sample_prompts(src, tok, num_prompts=2, prompt_len=8, seed=None, add_bos=True)
     assert ordered.shape == (2, 9) and (ordered[:, 0] == tok.bos_id).all()
     assert list(ordered[0, 1:]) == tok.encode(src[0])[:8]
     with pytest.raises(ValueError, match="prompts requested"):
-        data.sample_prompts(["tiny"], tok, num_prompts=1, prompt_len=32)
+        sample_prompts(["tiny"], tok, num_prompts=1, prompt_len=32, add_bos=False)
+
+
+@pytest.mark.parametrize("add_bos", [False, True])
+def test_config_prompts_start_like_training_documents(
+    corpus_dir: Path, tok: Tokenizer, add_bos: bool
+) -> None:
+    # Prompts follow DataConfig.add_bos as the training stream does: each prompt is the start
+    # of one document's segment of the token stream.
+    cfg = _text_config(corpus_dir, add_bos=add_bos, seed=5)
+    prompts = config_prompts(cfg, tok, num_prompts=3, prompt_len=6)
+    assert prompts.shape == (3, 6 + add_bos)
+    assert (prompts[:, 0] == tok.bos_id).all() == add_bos
+    starts = {
+        tuple(tokenize_documents([d], tok, add_bos=add_bos)[: prompts.shape[1]])
+        for d in make_source(cfg)
+    }
+    assert all(tuple(p) in starts for p in prompts)
+
+
+def test_bos_prefix_needs_a_bos_token(tok: Tokenizer) -> None:
+    assert bos_prefix(tok, add_bos=True) == [tok.bos_id] and bos_prefix(tok, add_bos=False) == []
+
+    class NoBos:
+        bos_id = -1
+
+    with pytest.raises(ValueError, match="no BOS token"):
+        bos_prefix(NoBos(), add_bos=True)  # type: ignore[arg-type]

@@ -12,8 +12,9 @@ import pytest
 from conftest import greedy_reference, tiny_config
 from flax import nnx
 
-from pass_jax.data import pipeline as data
-from pass_jax.data.pipeline import DataConfig
+from pass_jax.data.batches import BatchIterator
+from pass_jax.data.config import DataConfig
+from pass_jax.data.sources import make_source
 from pass_jax.experiment import (
     EvalConfig,
     ExperimentConfig,
@@ -23,10 +24,16 @@ from pass_jax.experiment import (
 )
 from pass_jax.io.checkpoint import load_params, split_params
 from pass_jax.model import Transformer
+from pass_jax.tokenizer import train_tokenizer
 from pass_jax.training import generations
 from pass_jax.training.insertion import build_inputs, sample_insertion_points
 from pass_jax.training.losses import compute_losses
-from pass_jax.training.stages import TrainingInterrupted, run, stage_checkpoints
+from pass_jax.training.stages import (
+    HeldOut,
+    TrainingInterrupted,
+    run,
+    stage_checkpoints,
+)
 from pass_jax.training.trainer import Trainer
 
 CONFIG = tiny_config(
@@ -156,8 +163,8 @@ def test_losses_match_a_numpy_reference():
 
 def test_row_groups_give_the_same_losses_and_gradients():
     model = _model()
-    batch = jnp.asarray(_batch(5, batch_size=4))
-    inputs = build_inputs(batch, sample_insertion_points(jax.random.key(0), 4, SEQ_LEN, 2), 4)
+    batch = jnp.asarray(_batch(5, batch_size=2))  # 2 groups: one row each
+    inputs = build_inputs(batch, sample_insertion_points(jax.random.key(0), 2, SEQ_LEN, 2), 4)
 
     @functools.partial(jax.jit, static_argnums=1)
     def losses_and_grads(model, row_groups):
@@ -168,15 +175,14 @@ def test_row_groups_give_the_same_losses_and_gradients():
         return nnx.value_and_grad(loss, has_aux=True)(model)
 
     (_, whole), grads = losses_and_grads(model, 1)
-    for groups in (2, 4):
-        (_, split), split_grads = losses_and_grads(model, groups)
-        jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4), whole, split)
-        jax.tree.map(
-            lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
-            nnx.to_pure_dict(grads),
-            nnx.to_pure_dict(split_grads),
-        )
-    with pytest.raises(ValueError, match="4 rows does not split into 3 row groups"):
+    (_, split), split_grads = losses_and_grads(model, 2)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4), whole, split)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-6),
+        nnx.to_pure_dict(grads),
+        nnx.to_pure_dict(split_grads),
+    )
+    with pytest.raises(ValueError, match="2 rows does not split into 3 row groups"):
         compute_losses(model, inputs, "kl", row_groups=3)
 
 
@@ -223,14 +229,14 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
     exp = _experiment(tmp_path, steps=6)
     run(exp, tmp_path / "whole")
 
-    next_batch = data.BatchIterator.__next__
+    next_batch = BatchIterator.__next__
 
     def interrupted_at_step_3(self):
         if self.step == 3:
             os.kill(os.getpid(), signal.SIGTERM)  # arrives during step 4: saved after it
         return next_batch(self)
 
-    monkeypatch.setattr(data.BatchIterator, "__next__", interrupted_at_step_3)
+    monkeypatch.setattr(BatchIterator, "__next__", interrupted_at_step_3)
     with pytest.raises(TrainingInterrupted, match="SIGTERM at stage joint step 4"):
         run(exp, tmp_path / "split")
     monkeypatch.undo()
@@ -242,6 +248,19 @@ def test_resume_after_interruption_matches_uninterrupted_run(tmp_path, monkeypat
         meta = load_params(models[name], stage_checkpoints(tmp_path / name, "joint"))
         assert meta["step"] == 6 and meta["data"]["step"] == 6
     assert _same(_arrays(models["whole"]), _arrays(models["split"]))
+
+
+def test_held_out_prompts_start_with_bos_exactly_when_the_data_does(tmp_path):
+    exp = _experiment(tmp_path, steps=3)
+    tok = train_tokenizer(make_source(exp.data), vocab_size=300, output_path=tmp_path / "t.model")
+    for add_bos in (False, True):
+        config = dataclasses.replace(
+            exp,
+            data=dataclasses.replace(exp.data, add_bos=add_bos),
+            eval=EvalConfig(loss_sequences=0, num_prompts=2, prompt_len=8),
+        )
+        for prompt in HeldOut.build(config, tok).prompts:
+            assert len(prompt) == 8 + add_bos and (prompt[0] == tok.bos_id) == add_bos
 
 
 def test_generated_corpus_is_the_models_own_greedy_continuation():

@@ -23,7 +23,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from pass_jax.data.pipeline import save_array
+from pass_jax.data.tokens import save_array
 from pass_jax.decode.generation import generate
 from pass_jax.io.checkpoint import split_params
 from pass_jax.model import Transformer

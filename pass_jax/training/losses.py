@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from pass_jax.experiment import LOOKAHEAD_LOSSES
 from pass_jax.model import Transformer
 from pass_jax.training.insertion import LookaheadInputs
-
-LOOKAHEAD_LOSSES = ("ce", "kl")
 
 
 def _cross_entropy(log_probs: jax.Array, targets: jax.Array) -> jax.Array:

@@ -1,16 +1,15 @@
-"""Metrics: a JSON-lines log (plus TensorBoard when installed), and the acceptance measurement."""
+"""The training log: JSON lines (plus TensorBoard scalars when TensorBoard is installed)."""
 
 from __future__ import annotations
 
 import importlib
 import json
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pass_jax.decode.generation import generate
-from pass_jax.model import Transformer
+from pass_jax.io.workdir import METRICS_FILE, TENSORBOARD_DIR
 
 _TENSORBOARD_MODULES = ("tensorboardX", "torch.utils.tensorboard")
 
@@ -37,9 +36,9 @@ class MetricsWriter:
             return
         workdir = Path(workdir)
         workdir.mkdir(parents=True, exist_ok=True)
-        self.path = workdir / "metrics.jsonl"
+        self.path = workdir / METRICS_FILE
         self._file = self.path.open("a")
-        self._tensorboard = _summary_writer(workdir / "tensorboard")
+        self._tensorboard = _summary_writer(workdir / TENSORBOARD_DIR)
 
     def write(self, event: str, stage: str, step: int, values: Mapping[str, Any]) -> None:
         if not self.enabled:
@@ -62,34 +61,3 @@ class MetricsWriter:
         self._file.close()
         if self._tensorboard is not None:
             self._tensorboard.close()
-
-
-def measure_acceptance(
-    model: Transformer,
-    prompts: Sequence[Sequence[int]],
-    *,
-    max_new_tokens: int,
-    method: str = "pass",
-    num_lookahead: int | None = None,
-) -> dict[str, Any]:
-    """Greedy PaSS decoding of held-out prompts with `generate`, and its draft statistics.
-
-    `acceptance_by_position[i]`: of the windows whose draft i was verified, the fraction that
-    accepted it (greedy: it equals the model's own greedy token). `accepted_per_window`: drafts
-    accepted per draft window. `tau`: new tokens per model call (autoregressive: 1).
-    """
-    stats = generate(
-        model,
-        prompts,
-        max_new_tokens=max_new_tokens,
-        method=method,
-        num_lookahead=num_lookahead,
-        temperature=0.0,
-    ).stats
-    windows = max(stats["reached_by_position"][0], 1)
-    return {
-        "acceptance_by_position": stats["acceptance_by_position"],
-        "accepted_per_window": sum(stats["accepted_by_position"]) / windows,
-        "tau": stats["tau"],
-        "decode_tokens_per_s": stats["tokens_per_s"],
-    }
