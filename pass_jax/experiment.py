@@ -3,8 +3,12 @@
 Layout (see `configs/tiny.py`):
 
     seed                     model initialisation
+    hf_dir                   optional: a Hugging Face LLaMA directory to start from: the model's
+                             shapes come from its config.json (the model section then sets only
+                             dtypes, layout and max_lookahead/max_seq_len), the tokenizer and the
+                             base weights are its own (see configs/hf_head.py)
     model                    ModelConfig fields (vocab_size and unk_id come from the tokenizer)
-    tokenizer                path (an existing SentencePiece model) or vocab_size + max_train_bytes
+    tokenizer                path (an existing tokenizer) or vocab_size + max_train_bytes
                              to train one on the data's train split (stage 0)
     data                     pass_jax.data DataConfig fields (source, seq_len, batch_size, seed, ..)
     stages                   comma-separated stages to run, in order: base, lookahead, joint
@@ -31,12 +35,14 @@ import ml_collections
 from ml_collections.config_dict import placeholder
 
 from pass_jax.config import ModelConfig
-from pass_jax.data.pipeline import DataConfig
-from pass_jax.sharding import MESH_AXES
-from pass_jax.training.losses import LOOKAHEAD_LOSSES
+from pass_jax.data.config import DataConfig
 
+# This module is what config files import: it imports nothing heavy (no model, optax, losses or
+# grain), so it owns the names those modules check against.
 STAGES = ("base", "lookahead", "distill", "joint")
 TABLE_ONLY_STAGES = ("lookahead", "distill")
+LOOKAHEAD_LOSSES = ("ce", "kl")  # cross-entropy to the data, KL to the model's own outputs
+MESH_AXES = ("data", "fsdp", "tensor")  # the device mesh's axis names (`pass_jax.sharding`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,7 +153,9 @@ class StageConfig:
 
 @dataclasses.dataclass(frozen=True)
 class TokenizerConfig:
-    """An existing SentencePiece model (`path`), or one trained on the corpus into the workdir."""
+    """An existing tokenizer (`path`: a tokenizer.json or SentencePiece file, or a directory
+    holding one; `pass_jax.tokenizer.load_tokenizer`), or a SentencePiece model trained on the
+    corpus into the workdir."""
 
     path: str | None = None
     vocab_size: int = 8192
@@ -231,6 +239,7 @@ class ExperimentConfig:
     eval: EvalConfig
     mesh: MeshConfig = MeshConfig()
     decode: DecodeConfig = DecodeConfig()
+    hf_dir: str | None = None
 
     def __post_init__(self) -> None:
         sequences, batch = self.eval.loss_sequences, self.data.batch_size
@@ -257,7 +266,7 @@ class ExperimentConfig:
         """Checks every section and key; raises `ValueError` naming the first problem."""
         values = config.to_dict() if isinstance(config, ml_collections.ConfigDict) else dict(config)
         required = {"model", "tokenizer", "data", "stages"}
-        optional = {"seed", "train", "eval", "mesh", "decode", *STAGES}
+        optional = {"seed", "hf_dir", "train", "eval", "mesh", "decode", *STAGES}
         _reject_unknown("config", values, required | optional)
         missing = sorted(required - set(values))
         if missing:
@@ -275,9 +284,16 @@ class ExperimentConfig:
         for key in ("vocab_size", "unk_id"):
             if key in model:
                 raise ValueError(f"config.model.{key} is set from the tokenizer; remove it")
+        hf_dir = values.get("hf_dir")
+        if hf_dir:
+            model_config = _hf_model_config(hf_dir, model)
+            tokenizer = dataclasses.replace(tokenizer, path=tokenizer.path or hf_dir)
+        else:
+            model_config = ModelConfig.from_dict({**model, "vocab_size": tokenizer.vocab_size})
         return cls(
             seed=int(values.get("seed", 0)),
-            model=ModelConfig.from_dict({**model, "vocab_size": tokenizer.vocab_size}),
+            hf_dir=hf_dir or None,
+            model=model_config,
             tokenizer=tokenizer,
             data=_section(DataConfig, "data", values["data"]),
             stages=tuple(_section(StageConfig, n, {**values[n], "name": n}) for n in names),
@@ -286,6 +302,23 @@ class ExperimentConfig:
             mesh=_section(MeshConfig, "mesh", values.get("mesh", {})),
             decode=_section(DecodeConfig, "decode", values.get("decode", {})),
         )
+
+
+# ModelConfig fields an HF config.json sets (`pass_jax.io.hf.config_from_hf`); the model section
+# sets the others.
+HF_MODEL_FIELDS = (
+    "vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim", "d_ff",
+    "rope_theta", "rope_scaling", "norm_eps", "tie_embeddings", "unk_id",
+)  # fmt: skip
+
+
+def _hf_model_config(hf_dir: str, model: Mapping[str, Any]) -> ModelConfig:
+    """The HF directory's shapes with the model section's other fields (dtypes, layout, table
+    size, sequence length). Imports the HF reader (and so JAX and the model) only here."""
+    from pass_jax.io.hf import load_hf_config
+
+    own = {k: v for k, v in model.items() if k not in HF_MODEL_FIELDS}
+    return load_hf_config(hf_dir).replace(**own)
 
 
 def _reject_unknown(where: str, values: Mapping[str, Any], known: set[str]) -> None:
@@ -345,6 +378,7 @@ def default_config() -> ml_collections.ConfigDict:
     are LLaMA-2-7B shapes): a config file starts from this and sets what differs."""
     config = ml_collections.ConfigDict()
     config.seed = 0
+    config.hf_dir = placeholder(str)
     # vocab_size and unk_id come from the tokenizer; add rope_scaling=dict(...) when needed.
     config.model = _field_defaults(ModelConfig, skip=("vocab_size", "unk_id", "rope_scaling"))
     config.tokenizer = _field_defaults(TokenizerConfig)

@@ -1,7 +1,13 @@
-"""SentencePiece tokenizer: a typed wrapper and a code-friendly BPE trainer.
+"""Tokenizers: one interface over SentencePiece and Hugging Face `tokenizers`, and a trainer.
 
-`Tokenizer` wraps any existing SentencePiece model (e.g. LLaMA's ``tokenizer.model``).
-`train_tokenizer` trains a byte-fallback BPE model suited to source code:
+`Tokenizer` is the interface the rest of the code uses (`encode`, `decode`, `vocab_size`, the
+special ids, `fingerprint`, `add_bos`). `load_tokenizer(path)` takes a file or a directory:
+``tokenizer.json`` (Llama-3 family, `HFTokenizer`, through the `tokenizers` library) is
+preferred to ``tokenizer.model`` (LLaMA-1/2, `SentencePieceTokenizer`). In a Hugging Face model
+directory, ``tokenizer_config.json``, ``special_tokens_map.json`` and ``config.json`` name the
+special tokens a ``tokenizer.json`` does not (BOS, EOS, PAD) and whether prompts start with BOS.
+
+`train_tokenizer` trains a byte-fallback BPE SentencePiece model suited to source code:
 
 * Whitespace is kept exactly: identity normalisation, no extra-whitespace removal, no
   dummy prefix, whitespace-only pieces allowed (runs of spaces / indentation become pieces).
@@ -26,31 +32,104 @@ half-written tokenizer behind.
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import io
+import json
 import os
 import tempfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import sentencepiece as spm
 
-__all__ = ["MODEL_FILENAME", "Tokenizer", "train_tokenizer"]
+__all__ = [
+    "HF_TOKENIZER_FILENAME",
+    "MODEL_FILENAME",
+    "HFTokenizer",
+    "SentencePieceTokenizer",
+    "Tokenizer",
+    "load_tokenizer",
+    "train_tokenizer",
+]
 
-MODEL_FILENAME = "tokenizer.model"
+MODEL_FILENAME = "tokenizer.model"  # SentencePiece
+HF_TOKENIZER_FILENAME = "tokenizer.json"  # Hugging Face `tokenizers`
+# Files of a Hugging Face model directory that name special tokens, in order of precedence.
+_SPECIALS_FILES = ("tokenizer_config.json", "special_tokens_map.json", "config.json")
 _SPACE_MARKER = "\u2581"  # "▁": SentencePiece's escaped-space symbol.
 
 
-class Tokenizer:
-    """Thin typed wrapper over a `sentencepiece.SentencePieceProcessor`.
+class Tokenizer(abc.ABC):
+    """The interface every tokenizer implements. `encode` never adds BOS/EOS: callers add
+    `bos_id` when `add_bos` (or their own flag) says so. Absent special ids are -1."""
 
-    `encode` never adds BOS/EOS; callers add `bos_id` / `eos_id` explicitly.
-    """
+    @property
+    @abc.abstractmethod
+    def path(self) -> Path | None:
+        """Where the tokenizer was loaded from / written to (None for in-memory ones)."""
 
-    def __init__(self, model_proto: bytes, path: str | Path | None = None) -> None:
+    @property
+    @abc.abstractmethod
+    def fingerprint(self) -> str:
+        """A hash of the tokenizer's definition and special ids (e.g. for cache keys)."""
+
+    @property
+    @abc.abstractmethod
+    def vocab_size(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def bos_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def eos_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def unk_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def pad_id(self) -> int: ...
+
+    @property
+    @abc.abstractmethod
+    def add_bos(self) -> bool:
+        """Whether the tokenizer's own convention starts every text with BOS."""
+
+    @abc.abstractmethod
+    def id_to_piece(self, token_id: int) -> str: ...
+
+    @abc.abstractmethod
+    def encode(self, text: str) -> list[int]:
+        """Encodes text to ids (no BOS/EOS)."""
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = -1) -> list[list[int]]:
+        """Encodes many texts; the same ids as `encode`."""
+        del num_threads
+        return [self.encode(t) for t in texts]
+
+    @abc.abstractmethod
+    def decode(self, ids: Iterable[int]) -> str:
+        """Decodes ids to text (special tokens such as BOS/EOS/PAD decode to nothing)."""
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(path={str(self.path)!r}, vocab_size={self.vocab_size})"
+
+
+class SentencePieceTokenizer(Tokenizer):
+    """A `sentencepiece.SentencePieceProcessor` (e.g. LLaMA-2's ``tokenizer.model``)."""
+
+    def __init__(
+        self, model_proto: bytes, path: str | Path | None = None, *, add_bos: bool = False
+    ) -> None:
         self._proto = bytes(model_proto)
         self._sp = spm.SentencePieceProcessor(model_proto=self._proto)
         self._path = Path(path) if path is not None else None
+        self._add_bos = add_bos
         self._fingerprint = hashlib.sha1(self._proto).hexdigest()
         # Byte-fallback ids used to emit a literal U+2581 (only for models without a dummy
         # prefix, where encoding text in segments is exactly concatenative).
@@ -61,7 +140,7 @@ class Tokenizer:
                 self._marker_ids = ids
 
     @classmethod
-    def load(cls, path: str | Path) -> Tokenizer:
+    def load(cls, path: str | Path, *, add_bos: bool = False) -> SentencePieceTokenizer:
         """Loads a SentencePiece model file (or a directory containing ``tokenizer.model``)."""
         p = Path(path)
         if p.is_dir():
@@ -70,19 +149,22 @@ class Tokenizer:
             raise FileNotFoundError(f"tokenizer model not found: {str(path)!r}")
         proto = p.read_bytes()
         try:
-            return cls(proto, path=p)
+            return cls(proto, path=p, add_bos=add_bos)
         except Exception as e:  # sentencepiece raises RuntimeError/OSError on bad protos.
             raise ValueError(f"not a valid SentencePiece model: {str(p)!r} ({e})") from e
 
     @property
     def path(self) -> Path | None:
-        """Where the model was loaded from / written to (None for in-memory models)."""
         return self._path
 
     @property
     def fingerprint(self) -> str:
-        """sha1 of the serialised model: identifies the tokenizer (e.g. for cache keys)."""
+        """sha1 of the serialised model."""
         return self._fingerprint
+
+    @property
+    def add_bos(self) -> bool:
+        return self._add_bos
 
     @property
     def model_proto(self) -> bytes:
@@ -144,11 +226,162 @@ class Tokenizer:
         return out
 
     def decode(self, ids: Iterable[int]) -> str:
-        """Decodes ids to text (special tokens such as BOS/EOS/PAD decode to nothing)."""
         return str(self._sp.decode([int(i) for i in ids]))
 
-    def __repr__(self) -> str:
-        return f"Tokenizer(path={str(self._path)!r}, vocab_size={self.vocab_size})"
+
+class HFTokenizer(Tokenizer):
+    """A Hugging Face ``tokenizer.json`` (e.g. Llama-3's), through the `tokenizers` library.
+
+    `specials` maps "bos" / "eos" / "unk" / "pad" to token strings or ids (absent: -1, except
+    `unk`, which defaults to the model's own unknown token); see `load_tokenizer`.
+    """
+
+    def __init__(
+        self,
+        definition: str,
+        path: str | Path | None = None,
+        *,
+        specials: Mapping[str, str | int] | None = None,
+        add_bos: bool | None = None,
+    ) -> None:
+        from tokenizers import Tokenizer as Backend
+
+        self._backend = Backend.from_str(definition)
+        self._path = Path(path) if path is not None else None
+        specials = dict(specials or {})
+        specials.setdefault("unk", getattr(self._backend.model, "unk_token", None) or -1)
+        self._ids = {name: self._special_id(name, specials.get(name, -1)) for name in _SPECIALS}
+        if add_bos is None:  # the post-processor's convention (Llama-3 prepends <|begin_of_text|>)
+            with_specials = self._backend.encode("", add_special_tokens=True).ids
+            add_bos = self._ids["bos"] >= 0 and with_specials[:1] == [self._ids["bos"]]
+        self._add_bos = bool(add_bos)
+        digest = hashlib.sha1(definition.encode("utf-8"))
+        digest.update(json.dumps([self._ids[name] for name in _SPECIALS]).encode())
+        self._fingerprint = digest.hexdigest()
+
+    def _special_id(self, name: str, token: str | int) -> int:
+        if isinstance(token, int):
+            return token
+        token_id = self._backend.token_to_id(token)
+        if token_id is None:
+            raise ValueError(f"{name} token {token!r} is not in the vocabulary of {self._path}")
+        return int(token_id)
+
+    @classmethod
+    def load(cls, path: str | Path, **kwargs: Any) -> HFTokenizer:
+        """Loads a ``tokenizer.json`` file; kwargs as for the constructor."""
+        p = Path(path)
+        if not p.is_file():
+            raise FileNotFoundError(f"tokenizer file not found: {str(path)!r}")
+        try:
+            return cls(p.read_text(encoding="utf-8"), path=p, **kwargs)
+        except Exception as e:  # `tokenizers` raises Exception subclasses on bad definitions.
+            if isinstance(e, ValueError) and str(p) in str(e):
+                raise
+            raise ValueError(f"not a valid tokenizer.json: {str(p)!r} ({e})") from e
+
+    @property
+    def path(self) -> Path | None:
+        return self._path
+
+    @property
+    def fingerprint(self) -> str:
+        """sha1 of the tokenizer definition and the special ids."""
+        return self._fingerprint
+
+    @property
+    def vocab_size(self) -> int:
+        return int(self._backend.get_vocab_size(with_added_tokens=True))
+
+    @property
+    def bos_id(self) -> int:
+        return self._ids["bos"]
+
+    @property
+    def eos_id(self) -> int:
+        return self._ids["eos"]
+
+    @property
+    def unk_id(self) -> int:
+        return self._ids["unk"]
+
+    @property
+    def pad_id(self) -> int:
+        return self._ids["pad"]
+
+    @property
+    def add_bos(self) -> bool:
+        return self._add_bos
+
+    def id_to_piece(self, token_id: int) -> str:
+        return str(self._backend.id_to_token(int(token_id)))
+
+    def encode(self, text: str) -> list[int]:
+        return list(self._backend.encode(text, add_special_tokens=False).ids)
+
+    def encode_batch(self, texts: Sequence[str], *, num_threads: int = -1) -> list[list[int]]:
+        del num_threads  # `tokenizers` parallelises on its own
+        encoded = self._backend.encode_batch(list(texts), add_special_tokens=False)
+        return [list(e.ids) for e in encoded]
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return str(self._backend.decode([int(i) for i in ids], skip_special_tokens=True))
+
+
+_SPECIALS = ("bos", "eos", "unk", "pad")
+
+
+def _special_tokens(directory: Path) -> tuple[dict[str, str | int], bool | None]:
+    """The special tokens (strings or ids) and `add_bos_token` a Hugging Face model directory
+    names; the first of `_SPECIALS_FILES` to name one wins. Token strings may be given as
+    `{"content": ...}`; an id list (several EOS ids) gives its first id."""
+    specials: dict[str, str | int] = {}
+    add_bos = None
+    for filename in _SPECIALS_FILES:
+        file = directory / filename
+        if not file.is_file():
+            continue
+        try:
+            values = json.loads(file.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{file} is not valid JSON: {e}") from e
+        if add_bos is None and isinstance(values.get("add_bos_token"), bool):
+            add_bos = values["add_bos_token"]
+        for name in _SPECIALS:
+            token = values.get(f"{name}_token")
+            if isinstance(token, Mapping):
+                token = token.get("content")
+            token_id = values.get(f"{name}_token_id")
+            if isinstance(token_id, list):
+                token_id = token_id[0] if token_id else None
+            value = token if isinstance(token, str) else token_id
+            if name not in specials and isinstance(value, (str, int)):
+                specials[name] = value
+    return specials, add_bos
+
+
+def load_tokenizer(path: str | Path) -> Tokenizer:
+    """The tokenizer at `path`: a ``tokenizer.json`` or SentencePiece model file, or a directory
+    holding one (``tokenizer.json`` preferred). `add_bos`, and for a ``tokenizer.json`` the
+    special tokens, come from the Hugging Face files beside it (`_SPECIALS_FILES`), where there
+    are any; a SentencePiece model keeps its own special ids."""
+    p = Path(path)
+    if p.is_dir():
+        for name in (HF_TOKENIZER_FILENAME, MODEL_FILENAME):
+            if (p / name).is_file():
+                p = p / name
+                break
+        else:
+            raise FileNotFoundError(
+                f"no tokenizer in {str(path)!r}: neither {HF_TOKENIZER_FILENAME} nor "
+                f"{MODEL_FILENAME}"
+            )
+    if not p.is_file():
+        raise FileNotFoundError(f"tokenizer not found: {str(path)!r}")
+    specials, add_bos = _special_tokens(p.parent)
+    if p.suffix == ".json":
+        return HFTokenizer.load(p, specials=specials, add_bos=add_bos)
+    return SentencePieceTokenizer.load(p, add_bos=bool(add_bos))
 
 
 def _adds_dummy_prefix(model_proto: bytes) -> bool:
@@ -198,7 +431,7 @@ def train_tokenizer(
     split_by_whitespace: bool = False,
     num_threads: int | None = None,
     **trainer_options: object,
-) -> Tokenizer:
+) -> SentencePieceTokenizer:
     """Trains a code-friendly byte-fallback BPE SentencePiece model (see module docstring).
 
     Args:
@@ -216,7 +449,7 @@ def train_tokenizer(
       **trainer_options: extra `SentencePieceTrainer.train` options (override defaults).
 
     Returns:
-      The trained `Tokenizer`, loaded from the written file.
+      The trained `SentencePieceTokenizer`, loaded from the written file.
     """
     min_vocab = 4 + 256
     if vocab_size <= min_vocab:
@@ -264,4 +497,4 @@ def train_tokenizer(
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    return Tokenizer(proto, path=out)
+    return SentencePieceTokenizer(proto, path=out)

@@ -11,10 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_model
+from hf_files import write_bpe_tokenizer, write_tiny_llama
 
-from pass_jax import cli
+from pass_jax.cli import flags as cli_flags
 from pass_jax.config import ModelConfig
-from pass_jax.data.pipeline import DataConfig
+from pass_jax.data.config import DataConfig
 from pass_jax.experiment import (
     STAGES,
     DecodeConfig,
@@ -27,6 +28,7 @@ from pass_jax.experiment import (
     default_config,
 )
 from pass_jax.io.checkpoint import CheckpointStore, split_params
+from pass_jax.io.workdir import load_model, stage_head
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY_OVERRIDES = {
@@ -98,6 +100,7 @@ def test_train_then_decode_compare(tmp_path):
     assert "tau" in decoded.stdout
     assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
     assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
+    assert "projected speedup tau / c(5)" in decoded.stdout  # tiny's L_max = 4
 
     again = _script("train.py", f"--workdir={tmp_path}", "--reevaluate", *_overrides())
     assert again.returncode == 0, again.stderr[-3000:]
@@ -147,12 +150,12 @@ def test_load_model_loops_scanned_layers_and_takes_a_compute_dtype(tmp_path):
     store.save(7, split_params(trained), {"step": 7, "model": trained.config.to_dict()})
     store.close()
     tokens = jnp.asarray([[3, 1, 4, 1, 5]])
-    loaded = cli.load_model(tmp_path)
+    loaded = load_model(tmp_path)
     assert not loaded.config.scan_layers and loaded.config.dtype == "float32"
     assert loaded.config.matmul_dtype == "bfloat16"
     np.testing.assert_allclose(loaded(tokens), trained(tokens), atol=1e-6)
     for dtype in ("bfloat16", "float32"):  # the compute dtype, and the matmuls' operands too
-        other = cli.load_model(tmp_path, dtype=dtype)
+        other = load_model(tmp_path, dtype=dtype)
         assert other.config.dtype == dtype and other.config.matmul_dtype is None
         assert other.config.param_dtype == "float32"
         difference = np.abs(np.asarray(other(tokens)) - np.asarray(trained(tokens))).max()
@@ -188,7 +191,9 @@ def test_held_out_set_must_fill_whole_batches():
         ExperimentConfig.from_config(config)
 
 
-@pytest.mark.parametrize("name", sorted(p.name for p in (ROOT / "configs").glob("*.py")))
+@pytest.mark.parametrize(
+    "name", sorted(p.name for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
+)
 def test_config_files_check_and_type_their_overrides(name):
     """Every shipped config passes the checks, and an override of a key that defaults to None
     is type-checked by its placeholder (a string where an int belongs is refused)."""
@@ -221,3 +226,68 @@ def test_default_config_names_every_key_the_checks_know():
     model_fields = {f.name for f in dataclasses.fields(ModelConfig)}
     assert set(config.model) == model_fields - {"vocab_size", "unk_id", "rope_scaling"}
     assert ExperimentConfig.from_config(config).stages[1].learning_rate == 1e-2
+
+
+def test_train_a_head_from_an_hf_directory_then_decode_with_it(tmp_path):
+    """configs/hf_head.py on a transformers-written LLaMA with a `tokenizers` tokenizer.json:
+    no conversion step; the head lands in heads/lookahead and drafts losslessly."""
+    hf_dir = write_bpe_tokenizer(tmp_path / "hf", vocab_size=300)
+    write_tiny_llama(hf_dir, vocab_size=300)
+    workdir = tmp_path / "run"
+    overrides = {
+        "hf_dir": hf_dir, "data.max_documents": 24, "data.seq_len": 32, "data.batch_size": 2,
+        "lookahead.steps": 3, "lookahead.warmup_steps": 1, "eval.loss_sequences": 0,
+        "eval.num_prompts": 0,  # no evaluation: the decode below measures the head
+    }  # fmt: skip
+    trained = subprocess.run(
+        [sys.executable, str(ROOT / "train.py"), "--config", str(ROOT / "configs/hf_head.py"),
+         f"--workdir={workdir}", *(f"--config.{k}={v}" for k, v in overrides.items())],
+        cwd=ROOT, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    head = stage_head(workdir, "lookahead")
+    assert (head / "head.json").is_file()
+    assert not (workdir / "tokenizer.model").exists()  # the HF directory's tokenizer
+
+    def decode(*args: str) -> subprocess.CompletedProcess:
+        command = [sys.executable, str(ROOT / "decode.py"), f"--hf_dir={hf_dir}", *args]
+        return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600)
+
+    decoded = decode(f"--head={head}", "--prompt=def f(x):", "--max_new_tokens=12", "--compare")
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    assert "--- completion (pass) ---" in decoded.stdout
+    assert "same tokens: True" in decoded.stdout  # greedy PaSS = autoregressive
+    assert "projected speedup tau / c(5)" in decoded.stdout
+    refused = decode("--method=pass", "--prompt=x", "--max_new_tokens=4")
+    assert refused.returncode != 0 and "give --head" in refused.stderr
+
+
+def test_config_names_resolve_to_packaged_configs(tmp_path, monkeypatch):
+    package = tmp_path / "shipped_configs"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "tiny.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(cli_flags, "CONFIGS_PACKAGE", "shipped_configs")
+    assert cli_flags.resolve_config("tiny") == str(package / "tiny.py")
+    assert cli_flags.resolve_config("tiny:arg") == f"{package / 'tiny.py'}:arg"
+    existing = str(ROOT / "configs/small.py")
+    assert cli_flags.resolve_config(existing) == existing
+    with pytest.raises(SystemExit, match=r"nor a packaged config in \['tiny'\]"):
+        cli_flags.resolve_config("tinny")
+
+
+def test_parsing_a_config_imports_nothing_heavy_and_public_names_load_lazily():
+    code = (
+        "import runpy, sys\n"
+        "import pass_jax.experiment\n"
+        f"runpy.run_path({str(ROOT / 'configs/tiny.py')!r})['get_config']()\n"
+        "print(sorted(m for m in ('grain', 'optax', 'pass_jax.model') if m in sys.modules))\n"
+        "import pass_jax\n"  # its public names load lazily, on first use
+        "print([getattr(pass_jax, name).__name__ for name in pass_jax.__all__])\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    light, public = result.stdout.strip().splitlines()
+    assert light == "[]"
+    assert "'generate_text', 'load_head', 'load_hf_llama'" in public

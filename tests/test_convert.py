@@ -77,7 +77,7 @@ def test_cli_writes_bf16_stacked_params(test_hf, hf_dir, tmp_path):
 def test_base_only_checkpoint_keeps_the_models_table(hf_dir, tmp_path):
     _, path = hf_dir
     out = tmp_path / "base_only"
-    convert.convert(path, out, dtype="float32", num_lookahead=0)
+    convert.convert(path, out, dtype="float32", max_lookahead=0)
     assert not (out / "lookahead").exists()
     model = Transformer(
         ModelConfig.from_dict({**read_meta(out)["model"], "max_lookahead": 3}), rngs=nnx.Rngs(0)

@@ -20,10 +20,9 @@ from pass_jax.io.hf import (
     config_from_hf,
     iter_params,
     load_hf_llama,
-    load_hf_tokenizer,
     param_specs,
-    read_raw_tensor,
 )
+from pass_jax.io.safetensors import read_raw_tensor
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -218,15 +217,15 @@ def test_weight_layout_against_hf_tensors(tmp_path):
 
 def test_lookahead_table_starts_at_unk_embedding(tmp_path):
     path = save(hf_model(), tmp_path)
-    model = load_hf_llama(path, num_lookahead=5)
+    model = load_hf_llama(path, max_lookahead=5)
     embed = np.asarray(model.embed[...])
     assert model.config.unk_id == 0
     np.testing.assert_array_equal(np.asarray(model.lookahead[...]), np.tile(embed[0], (5, 1)))
-    model = load_hf_llama(path, num_lookahead=3, unk_id=7)
+    model = load_hf_llama(path, max_lookahead=3, unk_id=7)
     np.testing.assert_array_equal(np.asarray(model.lookahead[...]), np.tile(embed[7], (3, 1)))
     config = json.loads((path / "config.json").read_text())
     assert config_from_hf({**config, "unk_token_id": 11}).unk_id == 11
-    assert not hasattr(load_hf_llama(path, num_lookahead=0), "lookahead")
+    assert not hasattr(load_hf_llama(path, max_lookahead=0), "lookahead")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -304,7 +303,7 @@ def test_streaming_iterator_yields_our_layout(tmp_path):
 def test_greedy_generation_matches_transformers(tmp_path, method):
     decode = pytest.importorskip("pass_jax.decode.generation")
     model = hf_model(attention="gqa", rope=LLAMA3, seed=3)
-    ours = load_hf_llama(save(model, tmp_path), num_lookahead=4)
+    ours = load_hf_llama(save(model, tmp_path), max_lookahead=4)
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, VOCAB, n).tolist() for n in (3, 9, 17)]
     max_new = 24
@@ -511,13 +510,15 @@ def test_sharded_checkpoint_errors(tmp_path):
 # Tokenizer
 
 
-def test_load_hf_tokenizer(tmp_path):
-    assert load_hf_tokenizer(tmp_path) is None
+def test_an_hf_directory_tokenizer_loads(tmp_path):
     tokenizer_module = pytest.importorskip("pass_jax.tokenizer")
+    with pytest.raises(FileNotFoundError, match="no tokenizer in"):
+        tokenizer_module.load_tokenizer(tmp_path)
     texts = [f"def f{i}(x):\n    return x * {i} + {i * i}\n" for i in range(200)]
     trained = tokenizer_module.train_tokenizer(
         texts, vocab_size=300, output_path=tmp_path / "tokenizer.model"
     )
-    loaded = load_hf_tokenizer(tmp_path)
-    assert isinstance(loaded, tokenizer_module.Tokenizer)
+    (tmp_path / "tokenizer_config.json").write_text('{"add_bos_token": true}')  # LLaMA-2's
+    loaded = tokenizer_module.load_tokenizer(tmp_path)
+    assert isinstance(loaded, tokenizer_module.SentencePieceTokenizer) and loaded.add_bos
     assert loaded.encode("return x * 3") == trained.encode("return x * 3")

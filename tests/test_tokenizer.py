@@ -2,13 +2,24 @@
 
 from __future__ import annotations
 
+import re
 import sysconfig
 from pathlib import Path
 
 import pytest
 import sentencepiece as spm
+from hf_files import BOS, EOS, write_bpe_tokenizer
 
-from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, _chunks, train_tokenizer
+from pass_jax.tokenizer import (
+    HF_TOKENIZER_FILENAME,
+    MODEL_FILENAME,
+    HFTokenizer,
+    SentencePieceTokenizer,
+    Tokenizer,
+    _chunks,
+    load_tokenizer,
+    train_tokenizer,
+)
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
 TRAIN_FILES = ["os.py", "argparse.py", "functools.py", "textwrap.py", "inspect.py"]
@@ -85,13 +96,13 @@ def test_encode_batch_matches_encode(trained: Tokenizer) -> None:
 
 def test_load_file_and_directory(trained: Tokenizer, tmp_path: Path) -> None:
     assert trained.path is not None and trained.path.name == "code.model"
-    loaded = Tokenizer.load(trained.path)
+    loaded = load_tokenizer(trained.path)
     assert loaded.fingerprint == trained.fingerprint
     text = _read("fnmatch.py")
     assert loaded.encode(text) == trained.encode(text)
     # A directory containing tokenizer.model loads too.
     (tmp_path / MODEL_FILENAME).write_bytes(trained.path.read_bytes())
-    assert Tokenizer.load(tmp_path).encode(text) == trained.encode(text)
+    assert load_tokenizer(tmp_path).encode(text) == trained.encode(text)
 
 
 def test_training_writes_atomically_into_directory(tmp_path: Path) -> None:
@@ -100,19 +111,19 @@ def test_training_writes_atomically_into_directory(tmp_path: Path) -> None:
     tok = train_tokenizer([_read("shlex.py")], vocab_size=600, output_path=out_dir)
     assert tok.path == out_dir / MODEL_FILENAME
     assert sorted(p.name for p in out_dir.iterdir()) == [MODEL_FILENAME]  # no temp files left
-    assert Tokenizer.load(out_dir).fingerprint == tok.fingerprint
+    assert load_tokenizer(out_dir).fingerprint == tok.fingerprint
 
 
 def test_missing_and_invalid_model(tmp_path: Path) -> None:
     missing = tmp_path / "nope" / "tokenizer.model"
     with pytest.raises(FileNotFoundError, match="nope"):
-        Tokenizer.load(missing)
+        load_tokenizer(missing)
     with pytest.raises(FileNotFoundError, match="empty_dir"):
-        Tokenizer.load((tmp_path / "empty_dir").mkdir() or tmp_path / "empty_dir")
+        load_tokenizer((tmp_path / "empty_dir").mkdir() or tmp_path / "empty_dir")
     bad = tmp_path / "bad.model"
     bad.write_bytes(b"definitely not a protobuf")
     with pytest.raises(ValueError, match=r"bad\.model"):
-        Tokenizer.load(bad)
+        load_tokenizer(bad)
 
 
 def test_train_rejects_too_small_vocab(tmp_path: Path) -> None:
@@ -132,7 +143,7 @@ def test_loads_foreign_llama_style_model(tmp_path: Path) -> None:
         minloglevel=2,
     )
     path = tmp_path / "foreign.model"
-    tok = Tokenizer.load(path)
+    tok = load_tokenizer(path)
     raw = spm.SentencePieceProcessor(model_file=str(path))
     assert tok.pad_id == -1 and tok.eos_id == raw.eos_id() and tok.vocab_size == 500
     for sample in ["Hello world", "a\u2581b", "wrap the text"]:
@@ -147,3 +158,68 @@ def test_training_chunks_keep_text_and_respect_limits() -> None:
     assert all(0 < len(c) <= 12 for c in chunks)
     capped = list(_chunks(docs, max_chunk_chars=12, max_bytes=30))
     assert 30 <= sum(len(c) for c in capped) < 40
+
+
+# ---------------------------------------------------------------------------------------------
+# Hugging Face tokenizer.json
+
+
+@pytest.fixture(scope="module")
+def hf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return write_bpe_tokenizer(tmp_path_factory.mktemp("hf_tok"))
+
+
+def test_tokenizer_json_matches_the_tokenizers_library(hf_dir: Path) -> None:
+    from tokenizers import Tokenizer as Backend
+
+    backend = Backend.from_file(str(hf_dir / HF_TOKENIZER_FILENAME))
+    tok = load_tokenizer(hf_dir)
+    assert isinstance(tok, HFTokenizer)
+    assert tok.vocab_size == backend.get_vocab_size() == 400
+    samples = [*CODE_SAMPLES, _read("tabnanny.py")]
+    for text in samples:
+        expected = backend.encode(text, add_special_tokens=False).ids
+        assert tok.encode(text) == expected
+        assert tok.decode(expected) == backend.decode(expected) == text  # byte-level: lossless
+    assert tok.encode_batch(samples) == [tok.encode(t) for t in samples]
+
+
+def test_tokenizer_json_special_ids(hf_dir: Path, tmp_path: Path) -> None:
+    tok = load_tokenizer(hf_dir / HF_TOKENIZER_FILENAME)  # the file: its directory's specials
+    assert tok.bos_id == tok._backend.token_to_id(BOS) == 0
+    assert tok.eos_id == tok._backend.token_to_id(EOS) == 1
+    assert tok.unk_id == -1 and tok.pad_id == -1  # byte-level BPE has neither
+    assert tok.add_bos  # the post-processor prepends BOS
+    assert tok.decode([tok.bos_id, *tok.encode("x = 1"), tok.eos_id]) == "x = 1"
+    # config.json ids (an EOS list: its first), tokenizer_config.json's add_bos_token.
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / HF_TOKENIZER_FILENAME).write_bytes((hf_dir / HF_TOKENIZER_FILENAME).read_bytes())
+    (other / "config.json").write_text('{"bos_token_id": 1, "eos_token_id": [0, 1]}')
+    (other / "tokenizer_config.json").write_text('{"add_bos_token": false}')
+    moved = load_tokenizer(other)
+    assert (moved.bos_id, moved.eos_id, moved.add_bos) == (1, 0, False)
+    assert moved.fingerprint != tok.fingerprint  # the special ids are part of it
+    assert load_tokenizer(hf_dir).fingerprint == tok.fingerprint
+
+
+def test_tokenizer_json_is_preferred_and_errors_are_clear(
+    hf_dir: Path, trained: Tokenizer, tmp_path: Path
+) -> None:
+    both = tmp_path / "both"
+    both.mkdir()
+    (both / MODEL_FILENAME).write_bytes(trained.path.read_bytes())
+    assert isinstance(load_tokenizer(both), SentencePieceTokenizer)
+    (both / HF_TOKENIZER_FILENAME).write_bytes((hf_dir / HF_TOKENIZER_FILENAME).read_bytes())
+    assert isinstance(load_tokenizer(both), HFTokenizer)
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(FileNotFoundError, match=r"neither tokenizer\.json nor tokenizer\.model"):
+        load_tokenizer(tmp_path / "empty")
+    (tmp_path / "bad.json").write_text('{"not": "a tokenizer"}')
+    with pytest.raises(ValueError, match=r"bad\.json"):
+        load_tokenizer(tmp_path / "bad.json")
+    (both / "tokenizer_config.json").write_text('{"eos_token": "<|no_such_token|>"}')
+    with pytest.raises(
+        ValueError, match=re.escape("eos token '<|no_such_token|>' is not in the vocab")
+    ):
+        load_tokenizer(both)

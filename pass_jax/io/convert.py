@@ -1,7 +1,7 @@
 """HF LLaMA (safetensors) -> our orbax checkpoint, streamed one parameter at a time.
 
     python -m pass_jax.io.convert --hf_dir /ckpt/Llama-2-7b-hf --out /ckpt/llama2_7b \\
-        [--dtype bfloat16] [--scan_layers] [--num_lookahead 8]
+        [--dtype bfloat16] [--scan_layers] [--max_lookahead 8]
 
 The output is one step directory in the layout of `pass_jax.io.checkpoint`, so
 `checkpoint.load_params(model, out)` (optionally with shardings, to land on a mesh) and
@@ -10,7 +10,7 @@ The output is one step directory in the layout of `pass_jax.io.checkpoint`, so
     out/params/         orbax PyTree (the `StandardCheckpointHandler` format): the pure dict of
                         every `nnx.Param` but the lookahead table, in `--scan_layers` layout
     out/lookahead/      the table [L_max, d_model], every row the UNK token's embedding (the
-                        paper's initialisation); absent with --num_lookahead 0 (a base-only
+                        paper's initialisation); absent with --max_lookahead 0 (a base-only
                         checkpoint loads onto a model with any table size)
     out/meta/metadata   JSON: {"step": 0, "model": ModelConfig fields, "source": hf_dir}
 
@@ -50,7 +50,7 @@ from orbax.checkpoint import future
 
 from pass_jax.config import DTYPE_NAMES, ModelConfig
 from pass_jax.io import checkpoint, hf
-from pass_jax.model import Transformer
+from pass_jax.model import Transformer, unk_lookahead_table
 
 
 def _release_freed_memory() -> None:
@@ -113,24 +113,13 @@ def _param_loaders(
     source: hf.HFCheckpoint, specs: Sequence[hf.ParamSpec], config: ModelConfig
 ) -> dict[tuple[str | int, ...], Callable[[], np.ndarray]]:
     """For each of our param paths, a function that builds it (in the storage dtype) from the
-    HF tensors, one at a time."""
-    by_path: dict[tuple[str | int, ...], list[hf.ParamSpec]] = {}
-    for spec in specs:
-        by_path.setdefault(spec.state_path(config.scan_layers), []).append(spec)
-    dtype = config.weight_dtype
+    HF tensors, one at a time (`hf.read_param`)."""
 
     def loader(group: list[hf.ParamSpec]) -> Callable[[], np.ndarray]:
-        def load() -> np.ndarray:
-            if group[0].layer is None or not config.scan_layers:  # one HF tensor
-                return next(hf.iter_params(source, group, dtype))[1]
-            stacked = np.empty((len(group), *group[0].shape), dtype)  # [n_layers, ...]
-            for spec, array in hf.iter_params(source, group, dtype):
-                stacked[spec.layer] = array
-            return stacked
+        return lambda: hf.read_param(source, group, config.weight_dtype, config.scan_layers)
 
-        return load
-
-    return {path: loader(group) for path, group in by_path.items()}
+    groups = hf.specs_by_param(specs, config.scan_layers)
+    return {path: loader(group) for path, group in groups.items()}
 
 
 def convert(
@@ -139,7 +128,7 @@ def convert(
     *,
     dtype: str = "bfloat16",
     scan_layers: bool = False,
-    num_lookahead: int = 8,
+    max_lookahead: int = 8,
 ) -> ModelConfig:
     """Converts a local HF `LlamaForCausalLM` checkpoint into a step directory at `out` (which
     must not exist); returns the model config stored with it. `dtype` is the storage (and
@@ -150,7 +139,7 @@ def convert(
     if out.exists():
         raise FileExistsError(f"{out} exists: give a new directory")
     config = hf.load_hf_config(
-        hf_dir, dtype=dtype, num_lookahead=num_lookahead, scan_layers=scan_layers
+        hf_dir, dtype=dtype, max_lookahead=max_lookahead, scan_layers=scan_layers
     )
     source = hf.HFCheckpoint(hf_dir)
     specs = hf.check_tensors(source, config)
@@ -169,10 +158,10 @@ def convert(
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         _save_lazy(staging / "params", params)
-        if num_lookahead:
-            embed_spec = [s for s in specs if s.path == ("embed",)]
-            embed = next(hf.iter_params(source, embed_spec, config.weight_dtype))[1]  # [V, d]
-            table = np.repeat(embed[config.unk_id][None], num_lookahead, axis=0)  # [L, d]
+        if max_lookahead:
+            (embed_spec,) = [s for s in specs if s.path == ("embed",)]
+            embed = hf.read_param(source, [embed_spec], config.weight_dtype, False)  # [V, d]
+            table = np.asarray(unk_lookahead_table(embed, config.unk_id, max_lookahead))  # [L, d]
             del embed
             lookahead = jax.tree.map(lambda _: table, items["lookahead"])
             with ocp.StandardCheckpointer() as checkpointer:
@@ -193,14 +182,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--out", required=True, help="new output directory")
     parser.add_argument("--dtype", default="bfloat16", choices=DTYPE_NAMES)
     parser.add_argument("--scan_layers", action="store_true", help="stacked [n_layers, ...]")
-    parser.add_argument("--num_lookahead", type=int, default=8, help="L_max (0: no table)")
+    parser.add_argument(
+        "--max_lookahead", type=int, default=8, help="table rows, L_max (0: no table)"
+    )
     args = parser.parse_args(argv)
     config = convert(
         args.hf_dir,
         args.out,
         dtype=args.dtype,
         scan_layers=args.scan_layers,
-        num_lookahead=args.num_lookahead,
+        max_lookahead=args.max_lookahead,
     )
     print(f"wrote {args.out}: {config.num_params / 1e9:.3f}B params, {args.dtype}")
 

@@ -1,12 +1,12 @@
 """Loading Hugging Face LLaMA checkpoints (`LlamaForCausalLM`, safetensors) into `Transformer`.
 
 No torch at run time: tensors are read one at a time from (possibly sharded) safetensors files
-with `safetensors.safe_open(..., framework="numpy")`, or, for dtypes the installed safetensors
-cannot hand to numpy (bfloat16 and float8 in old versions), straight from the file bytes viewed
-as `ml_dtypes` arrays.
+(`pass_jax.io.safetensors`).
 
 The name and layout mapping lives in one place, `param_specs`; `iter_params` streams
-`(spec, array)` pairs through it, one tensor at a time, so a checkpoint converter can reuse it.
+`(spec, array)` pairs through it, one tensor at a time, and `read_param` builds one of our
+params (a stacked `[n_layers, ...]` one from its per-layer tensors), so a checkpoint converter
+reuses them.
 HF stores linear weights `[out, in]`; ours are `[in, ...out]`:
 
     HF tensor                                         HF shape  ours                    our shape
@@ -25,59 +25,36 @@ HF stores linear weights `[out, in]`; ours are `[in, ...out]`:
 
 Layer params sit at `layers.{i}.<name>` (`scan_layers=False`) or at row `i` of the stacked
 `layers.<name>` (`scan_layers=True`). The rotary convention already matches HF (rotate-half), so
-q/k need no permutation. The lookahead table starts as copies of the UNK token's embedding.
+q/k need no permutation. The lookahead table starts as copies of the UNK token's embedding, or
+is a trained PaSS head's (`load_hf_llama(..., head=...)`, `pass_jax.io.head`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
-import math
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import jax.numpy as jnp
-import ml_dtypes
 import numpy as np
 from flax import nnx
 
 from pass_jax.config import ModelConfig, RopeScaling
-from pass_jax.model import Transformer, rope_frequencies
-
-if TYPE_CHECKING:
-    from pass_jax.tokenizer import Tokenizer
+from pass_jax.io.safetensors import TensorFiles, TensorInfo, read_json
+from pass_jax.model import Transformer, rope_frequencies, unk_lookahead_table
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 WEIGHTS_INDEX_FILE = "model.safetensors.index.json"
-TOKENIZER_FILE = "tokenizer.model"
 
 SUPPORTED_ARCHITECTURE = "LlamaForCausalLM"
 SUPPORTED_MODEL_TYPE = "llama"
 
 # Tensors HF checkpoints may carry that are not parameters (old rotary buffers).
 _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
-
-_SAFETENSORS_DTYPES: dict[str, np.dtype] = {
-    "BOOL": np.dtype(np.bool_),
-    "U8": np.dtype(np.uint8),
-    "I8": np.dtype(np.int8),
-    "U16": np.dtype(np.uint16),
-    "I16": np.dtype(np.int16),
-    "U32": np.dtype(np.uint32),
-    "I32": np.dtype(np.int32),
-    "U64": np.dtype(np.uint64),
-    "I64": np.dtype(np.int64),
-    "F16": np.dtype(np.float16),
-    "BF16": np.dtype(ml_dtypes.bfloat16),
-    "F32": np.dtype(np.float32),
-    "F64": np.dtype(np.float64),
-    "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
-    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2),
-}
 
 
 # --------------------------------------------------------------------------------------------
@@ -182,7 +159,7 @@ def config_from_hf(
     *,
     dtype: str = "float32",
     param_dtype: str | None = None,
-    num_lookahead: int = 8,
+    max_lookahead: int = 8,
     scan_layers: bool = False,
     max_seq_len: int | None = None,
     unk_id: int | None = None,
@@ -240,7 +217,7 @@ def config_from_hf(
         dtype=dtype,
         param_dtype=param_dtype or dtype,
         scan_layers=scan_layers,
-        max_lookahead=num_lookahead,
+        max_lookahead=max_lookahead,
         unk_id=int(unk_id),
     )
 
@@ -335,87 +312,6 @@ def param_specs(config: ModelConfig) -> list[ParamSpec]:
 # Checkpoint files
 
 
-@dataclasses.dataclass(frozen=True)
-class TensorInfo:
-    """Where one tensor lives: its file, safetensors dtype string, shape and byte range."""
-
-    file: Path
-    dtype: str
-    shape: tuple[int, ...]
-    begin: int  # absolute byte offsets in `file`
-    end: int
-
-    def read_bytes(self) -> np.ndarray:
-        """The tensor viewed straight from the file bytes (any dtype, bf16 included)."""
-        dtype = _SAFETENSORS_DTYPES[self.dtype]
-        if self.end == self.begin:
-            return np.zeros(self.shape, dtype)
-        raw = np.memmap(self.file, np.uint8, "r", offset=self.begin, shape=(self.end - self.begin,))
-        return np.array(raw.view(dtype).reshape(self.shape))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON: {e}") from e
-
-
-def _safetensors_index(path: Path) -> dict[str, TensorInfo]:
-    """The tensors of a safetensors file, from its header, validated against the file size."""
-    size = path.stat().st_size
-    with open(path, "rb") as f:
-        prefix = f.read(8)
-        if len(prefix) < 8:
-            raise ValueError(f"{path} is not a valid safetensors file (shorter than 8 bytes)")
-        header_len = int.from_bytes(prefix, "little")
-        if header_len > size - 8:
-            raise ValueError(
-                f"{path} is not a valid safetensors file (header of {header_len} bytes "
-                f"in a file of {size} bytes)"
-            )
-        try:
-            header = json.loads(f.read(header_len))
-        except (json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ValueError(f"{path} is not a valid safetensors file (bad header: {e})") from e
-    if not isinstance(header, dict):
-        raise ValueError(f"{path} is not a valid safetensors file (header is not a dict)")
-    data_start = 8 + header_len
-    tensors = {}
-    for name, entry in header.items():
-        if name == "__metadata__":
-            continue
-        try:
-            begin, end = (int(x) for x in entry["data_offsets"])
-            dtype, shape = entry["dtype"], tuple(int(n) for n in entry["shape"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise ValueError(f"{path}: malformed header entry for tensor {name!r}") from e
-        if dtype not in _SAFETENSORS_DTYPES:
-            raise ValueError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        nbytes = math.prod(shape) * _SAFETENSORS_DTYPES[dtype].itemsize
-        if min(shape, default=0) < 0 or end - begin != nbytes or begin < 0:
-            raise ValueError(
-                f"{path}: tensor {name!r} ({dtype}{list(shape)}) has data offsets "
-                f"[{begin}, {end}] inconsistent with its shape"
-            )
-        if data_start + end > size:
-            raise ValueError(
-                f"{path}: tensor {name!r} ends at byte {data_start + end}, past the end of the "
-                f"file ({size} bytes): truncated file?"
-            )
-        tensors[name] = TensorInfo(path, dtype, shape, data_start + begin, data_start + end)
-    return tensors
-
-
-def read_raw_tensor(path: str | os.PathLike[str], name: str) -> np.ndarray:
-    """Reads one tensor straight from the safetensors bytes (any dtype, bf16 included)."""
-    tensors = _safetensors_index(Path(path))
-    if name not in tensors:
-        raise KeyError(f"tensor {name!r} not in {path}")
-    return tensors[name].read_bytes()
-
-
 class HFCheckpoint:
     """A local HF checkpoint directory: its config and the index of its safetensors tensors.
 
@@ -426,8 +322,8 @@ class HFCheckpoint:
     def __init__(self, directory: str | os.PathLike[str]):
         self.directory = Path(directory)
         self.hf_config: dict[str, Any] = _read_hf_config(self.directory)
-        self.tensors: dict[str, TensorInfo] = self._index()
-        self._handles: dict[Path, Any] = {}
+        self._files = TensorFiles(*self._weight_files())
+        self.tensors: dict[str, TensorInfo] = self._files.tensors
 
     def _weight_files(self) -> tuple[list[Path], dict[str, str] | None]:
         """The safetensors files, and the index's weight_map for a sharded checkpoint."""
@@ -446,7 +342,7 @@ class HFCheckpoint:
                 f"no weights in {self.directory}: neither {WEIGHTS_FILE} nor "
                 f"{WEIGHTS_INDEX_FILE}{hint}"
             )
-        index = _read_json(index_path)
+        index = read_json(index_path)
         weight_map = index.get("weight_map") if isinstance(index, dict) else None
         if not isinstance(weight_map, dict) or not weight_map:
             raise ValueError(f"{index_path} has no `weight_map`")
@@ -462,39 +358,9 @@ class HFCheckpoint:
             files.append(shard_path)
         return files, weight_map
 
-    def _index(self) -> dict[str, TensorInfo]:
-        files, weight_map = self._weight_files()
-        tensors: dict[str, TensorInfo] = {}
-        for file in files:
-            for name, info in _safetensors_index(file).items():
-                if name in tensors:
-                    raise ValueError(
-                        f"tensor {name!r} appears in both {tensors[name].file} and {file}"
-                    )
-                tensors[name] = info
-        if weight_map is not None:
-            for name, shard in weight_map.items():
-                if name not in tensors or tensors[name].file.name != shard:
-                    raise ValueError(
-                        f"{WEIGHTS_INDEX_FILE} maps tensor {name!r} to {shard}, which lacks it"
-                    )
-        return tensors
-
     def read(self, name: str) -> np.ndarray:
         """One tensor as a numpy array in its stored dtype (bf16 as `ml_dtypes.bfloat16`)."""
-        info = self.tensors[name]
-        try:
-            handle = self._handles.get(info.file)
-            if handle is None:
-                from safetensors import safe_open
-
-                handle = self._handles[info.file] = safe_open(info.file, framework="numpy")
-            array = handle.get_tensor(name)
-        except Exception:  # e.g. bf16 in safetensors versions whose numpy framework lacks it
-            array = None
-        if array is None or array.dtype != _SAFETENSORS_DTYPES[info.dtype]:
-            array = info.read_bytes()
-        return array
+        return self._files.read(name)
 
 
 def check_tensors(checkpoint: HFCheckpoint, config: ModelConfig) -> list[ParamSpec]:
@@ -545,6 +411,32 @@ def iter_params(
         yield spec, np.ascontiguousarray(array)
 
 
+def specs_by_param(
+    specs: Sequence[ParamSpec], scan_layers: bool
+) -> dict[tuple[str | int, ...], list[ParamSpec]]:
+    """The specs grouped by our parameter path (`ParamSpec.state_path`): one spec each, or with
+    `scan_layers` a per-layer parameter's specs in layer order."""
+    groups: dict[tuple[str | int, ...], list[ParamSpec]] = {}
+    for spec in specs:
+        groups.setdefault(spec.state_path(scan_layers), []).append(spec)
+    return groups
+
+
+def read_param(
+    checkpoint: HFCheckpoint, group: Sequence[ParamSpec], dtype: np.dtype | str, scan_layers: bool
+) -> np.ndarray:
+    """One of our params (a group of `specs_by_param`) in our layout and `dtype`: its HF tensor,
+    or with `scan_layers` a per-layer param stacked to [n_layers, ...] from its HF tensors, read
+    one at a time into the stacked buffer."""
+    if group[0].layer is None or not scan_layers:
+        (spec,) = group
+        return next(iter_params(checkpoint, [spec], dtype))[1]
+    stacked = np.empty((len(group), *group[0].shape), dtype)  # [n_layers, ...]
+    for spec, array in iter_params(checkpoint, group, dtype):
+        stacked[spec.layer] = array
+    return stacked
+
+
 # --------------------------------------------------------------------------------------------
 # Public loaders
 
@@ -555,7 +447,7 @@ def _read_hf_config(directory: Path) -> dict[str, Any]:
     config_path = directory / CONFIG_FILE
     if not config_path.is_file():
         raise FileNotFoundError(f"no {CONFIG_FILE} in HF checkpoint directory {directory}")
-    hf_config = _read_json(config_path)
+    hf_config = read_json(config_path)
     if not isinstance(hf_config, dict):
         raise ValueError(f"{config_path} does not hold a JSON object")
     return hf_config
@@ -571,23 +463,30 @@ def load_hf_llama(
     *,
     dtype: str = "float32",
     param_dtype: str | None = None,
-    num_lookahead: int = 8,
+    max_lookahead: int = 8,
     scan_layers: bool = False,
     max_seq_len: int | None = None,
     unk_id: int | None = None,
+    head: str | os.PathLike[str] | None = None,
 ) -> Transformer:
     """Loads a local HF `LlamaForCausalLM` safetensors checkpoint into a `Transformer`.
 
     Validates the directory, the config and every tensor's name and shape before reading any
-    weight; the model is built abstractly and filled tensor by tensor, so only one copy of the
-    weights (plus one tensor, or one stacked parameter with `scan_layers`) is ever in memory.
-    The lookahead table (`num_lookahead` rows) starts as copies of embedding row `unk_id`.
+    weight; the model is built abstractly and filled parameter by parameter, so only one copy of
+    the weights (plus one tensor, or one stacked parameter with `scan_layers`) is ever in memory.
+    The lookahead table (`max_lookahead` rows: L_max) starts as copies of embedding row
+    `unk_id`. `head`: a PaSS head directory (`pass_jax.io.head`) whose table replaces it; the
+    table then has the head's size, and `max_lookahead` is ignored.
     """
+    if head is not None:
+        from pass_jax.io.head import read_head_info
+
+        max_lookahead = read_head_info(head).max_lookahead  # head errors before any weight
     config = load_hf_config(  # config errors first, then the weight files
         path,
         dtype=dtype,
         param_dtype=param_dtype,
-        num_lookahead=num_lookahead,
+        max_lookahead=max_lookahead,
         scan_layers=scan_layers,
         max_seq_len=max_seq_len,
         unk_id=unk_id,
@@ -598,20 +497,10 @@ def load_hf_llama(
     abstract = nnx.eval_shape(lambda: Transformer(config, rngs=nnx.Rngs(0)))
     graphdef, state = nnx.split(abstract)
     leaves = dict(nnx.to_flat_state(state))
-    weight_dtype = config.weight_dtype
-    values: dict[tuple[Any, ...], Any] = {}
-    stacked: dict[tuple[Any, ...], np.ndarray] = {}  # scan layout: [n_layers, ...] buffers
-    for spec, array in iter_params(checkpoint, specs, weight_dtype):
-        key = spec.state_path(scan_layers)
-        if spec.layer is None or not scan_layers:
-            values[key] = jnp.asarray(array)
-            continue
-        buffer = stacked.get(key)
-        if buffer is None:
-            buffer = stacked[key] = np.empty((config.n_layers, *spec.shape), weight_dtype)
-        buffer[spec.layer] = array
-        if spec.layer == config.n_layers - 1:  # specs run layer 0..n-1 per param
-            values[key] = jnp.asarray(stacked.pop(key))
+    values = {
+        key: jnp.asarray(read_param(checkpoint, group, config.weight_dtype, scan_layers))
+        for key, group in specs_by_param(specs, scan_layers).items()
+    }
     embed = values[("embed",)]
 
     new_leaves = []
@@ -619,7 +508,7 @@ def load_hf_llama(
         if key in values:
             value = values.pop(key)
         elif key == ("lookahead",):
-            value = jnp.tile(embed[config.unk_id][None, :], (config.max_lookahead, 1))  # [L, d]
+            value = unk_lookahead_table(embed, config.unk_id, config.max_lookahead)  # [L, d]
         elif key == ("inv_freq",):
             value = rope_frequencies(config)
         else:
@@ -633,14 +522,9 @@ def load_hf_llama(
         new_leaves.append((key, leaf.replace(value) if isinstance(leaf, nnx.Variable) else value))
     if values:
         raise RuntimeError(f"loaded tensors with no place in the model: {sorted(values)}")
-    return nnx.merge(graphdef, nnx.from_flat_state(new_leaves))
+    model = nnx.merge(graphdef, nnx.from_flat_state(new_leaves))
+    if head is not None:
+        from pass_jax.io.head import load_head
 
-
-def load_hf_tokenizer(path: str | os.PathLike[str]) -> Tokenizer | None:
-    """The sentencepiece tokenizer `<path>/tokenizer.model`, or None if the directory has none."""
-    model_file = Path(path) / TOKENIZER_FILE
-    if not model_file.is_file():
-        return None
-    from pass_jax.tokenizer import Tokenizer
-
-    return Tokenizer.load(model_file)
+        load_head(model, head)
+    return model

@@ -1,14 +1,10 @@
 """Runs an experiment: the tokenizer (stage 0), then the configured training stages in order.
 
-Workdir layout:
-
-    tokenizer.model              trained here unless `tokenizer.path` names one
-    checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (see `pass_jax.io.checkpoint`)
-    generations/STAGE/           the model's own continuations (stages distill, joint)
-    metrics.jsonl                train / eval / stage records; TensorBoard in tensorboard/
+The workdir's layout is `pass_jax.io.workdir`'s. With `config.hf_dir`, the tokenizer is the
+Hugging Face directory's and the base its weights.
 
 Each stage starts from the latest checkpoint of the stage before it (the first from
-`train.init_from` or a fresh initialisation), or resumes from its own latest checkpoint:
+`train.init_from`, `hf_dir`, or a fresh initialisation), or resumes from its own latest checkpoint:
 weights, optimizer state and data position are restored, and the insertion points are drawn
 from the data seed and the step, so the resumed run continues exactly as if never stopped. A
 finished stage is skipped. SIGINT / SIGTERM during training save a checkpoint and raise
@@ -38,14 +34,22 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
 from pass_jax import distributed, sharding
-from pass_jax.data import pipeline as data
-from pass_jax.data.pipeline import DataConfig
+from pass_jax.data.batches import (
+    BatchIterator,
+    concat_rows,
+    iterate_tokens,
+    make_iterator,
+    spread_batches,
+)
+from pass_jax.data.config import DataConfig
+from pass_jax.data.prompts import config_prompts
+from pass_jax.data.sources import make_source
+from pass_jax.data.tokens import load_token_stream
 from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
 from pass_jax.io.checkpoint import (
     CheckpointStore,
@@ -54,10 +58,19 @@ from pass_jax.io.checkpoint import (
     load_params,
     split_params,
 )
-from pass_jax.model import Transformer
-from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, train_tokenizer
+from pass_jax.io.head import save_head
+from pass_jax.io.hf import load_hf_llama
+from pass_jax.io.workdir import (
+    TOKENIZER_FILE,
+    stage_checkpoints,
+    stage_generations,
+    stage_head,
+)
+from pass_jax.model import Transformer, unk_lookahead_table
+from pass_jax.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from pass_jax.training import generations
-from pass_jax.training.metrics import MetricsWriter, measure_acceptance
+from pass_jax.training.evaluation import measure_acceptance
+from pass_jax.training.metrics import MetricsWriter
 from pass_jax.training.trainer import Trainer
 
 
@@ -69,19 +82,15 @@ class TrainingInterrupted(Exception):
         self.signum = signum
 
 
-def stage_checkpoints(workdir: str | Path, stage: str) -> Path:
-    return Path(workdir) / "checkpoints" / stage
-
-
 def prepare_tokenizer(exp: ExperimentConfig, workdir: Path) -> Tokenizer:
     """Stage 0: the configured tokenizer, or one trained on the train split into the workdir
     (by process 0; the others wait for it)."""
     if exp.tokenizer.path:
-        return Tokenizer.load(exp.tokenizer.path)
-    path = workdir / MODEL_FILENAME
+        return load_tokenizer(exp.tokenizer.path)
+    path = workdir / TOKENIZER_FILE
     if distributed.is_main() and not path.is_file():
         start = time.perf_counter()
-        documents = itertools.islice(data.make_source(exp.data), exp.data.max_documents)
+        documents = itertools.islice(make_source(exp.data), exp.data.max_documents)
         tokenizer = train_tokenizer(
             documents,
             vocab_size=exp.tokenizer.vocab_size,
@@ -91,7 +100,7 @@ def prepare_tokenizer(exp: ExperimentConfig, workdir: Path) -> Tokenizer:
         elapsed = time.perf_counter() - start
         print(f"tokenizer: trained {tokenizer.vocab_size} pieces in {elapsed:.1f}s")
     distributed.barrier("tokenizer")
-    return Tokenizer.load(path)
+    return load_tokenizer(path)
 
 
 def host_data(config: DataConfig) -> DataConfig:
@@ -117,9 +126,9 @@ class HeldOut:
         config = dataclasses.replace(config, split=exp.eval.split, shuffle=False, num_epochs=1)
         held_out = cls(batches=[], prompts=[])
         if exp.eval.loss_sequences:
-            tokens, _ = data.load_token_stream(config, tokenizer)
+            tokens, _ = load_token_stream(config, tokenizer)
             try:
-                held_out.batches = data.spread_batches(
+                held_out.batches = spread_batches(
                     tokens,
                     seq_len=config.seq_len,
                     num_sequences=exp.eval.loss_sequences,
@@ -137,12 +146,8 @@ class HeldOut:
             )
             held_out.bytes_per_token = num_bytes / sum(b.size for b in held_out.batches)
         if exp.eval.num_prompts:
-            held_out.prompts = data.sample_prompts(
-                data.make_source(config),
-                tokenizer,
-                num_prompts=exp.eval.num_prompts,
-                prompt_len=exp.eval.prompt_len,
-                seed=exp.data.seed,
+            held_out.prompts = config_prompts(
+                config, tokenizer, num_prompts=exp.eval.num_prompts, prompt_len=exp.eval.prompt_len
             ).tolist()
         return held_out
 
@@ -160,10 +165,28 @@ def _signals_caught() -> Iterator[Callable[[], int | None]]:
             signal.signal(s, handler)
 
 
+def load_hf_weights(model: Transformer, hf_dir: str) -> None:
+    """Sets the model's base weights (and UNK-initialised table) to the Hugging Face checkpoint
+    `hf_dir`'s, into the model's shardings."""
+    c = model.config
+    loaded = load_hf_llama(
+        hf_dir,
+        dtype=c.dtype,
+        param_dtype=c.param_dtype,
+        max_lookahead=c.max_lookahead,
+        scan_layers=c.scan_layers,
+        max_seq_len=c.max_seq_len,
+        unk_id=c.unk_id,
+    )
+    target = split_params(model)
+    placed = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), split_params(loaded), target)
+    assign_params(model, placed)
+
+
 def reset_lookahead_to_unk(model: Transformer) -> None:
     """The paper's initialisation: every lookahead row set to the UNK token's embedding."""
     table = model.lookahead[...]
-    rows = jnp.broadcast_to(model.embed[...][model.config.unk_id], table.shape)
+    rows = unk_lookahead_table(model.embed[...], model.config.unk_id, table.shape[0])
     model.lookahead[...] = jax.device_put(rows.astype(table.dtype), table.sharding)
 
 
@@ -233,19 +256,19 @@ class StageRunner:
         )
         # Built from the weights the stage starts from (its generations depend on them); a
         # finished stage has none, so it never loads or generates its data again.
-        self.iterator: data.BatchIterator | None = None
+        self.iterator: BatchIterator | None = None
         if (self.store.latest_step or 0) < self.stage.steps:
             data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
-            self.iterator = self._make_iterator(data_config, tokenizer, workdir / "generations")
+            self.iterator = self._make_iterator(data_config, tokenizer, workdir)
         self.train_s = 0.0
 
     def _make_iterator(
-        self, config: DataConfig, tokenizer: Tokenizer, generations_dir: Path
-    ) -> data.BatchIterator:
+        self, config: DataConfig, tokenizer: Tokenizer, workdir: Path
+    ) -> BatchIterator:
         """The stage's batches: corpus rows, then (distill, joint with a generation share) the
         model's continuations of prompts cut from the stage's corpus stream."""
         stage = self.stage
-        corpus = data.make_iterator(config, tokenizer)
+        corpus = make_iterator(config, tokenizer)
         num_generated = stage.generated_rows(config.batch_size)
         if not num_generated:
             return corpus
@@ -255,7 +278,7 @@ class StageRunner:
         while len(prompts) < stage.generations:
             prompts.extend(next(corpus)[:, : stage.generation_prompt_len])
         generated, key = generations.load_or_generate(
-            generations_dir / stage.name,
+            stage_generations(workdir, stage.name),
             self.model,
             np.stack(prompts[: stage.generations]),
             seq_len=config.seq_len,
@@ -263,13 +286,13 @@ class StageRunner:
             top_k=0 if stage.generation_temperature == 0 else 10,
             seed=config.seed,
         )
-        rows = data.iterate_tokens(
+        rows = iterate_tokens(
             generated.reshape(-1), key, dataclasses.replace(config, batch_size=num_generated)
         )
         if num_generated == config.batch_size:
             return rows
         corpus_config = dataclasses.replace(config, batch_size=config.batch_size - num_generated)
-        return data.concat_rows([data.make_iterator(corpus_config, tokenizer), rows])
+        return concat_rows([make_iterator(corpus_config, tokenizer), rows])
 
     def _items(self) -> dict[str, Any]:
         """Everything a training checkpoint holds but the metadata, as pure dicts."""
@@ -363,9 +386,15 @@ def run(
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     tokenizer = prepare_tokenizer(exp, workdir)
-    config = exp.model.replace(vocab_size=tokenizer.vocab_size, unk_id=max(tokenizer.unk_id, 0))
+    if exp.hf_dir:  # the HF config's vocabulary (it may pad the tokenizer's) and unk row
+        unk_id = tokenizer.unk_id if tokenizer.unk_id >= 0 else exp.model.unk_id
+        config = exp.model.replace(unk_id=unk_id)
+    else:
+        config = exp.model.replace(vocab_size=tokenizer.vocab_size, unk_id=max(tokenizer.unk_id, 0))
     mesh = sharding.make_mesh(exp.mesh.train_shape, exp.mesh.axes)
     model = sharding.create_sharded(lambda: Transformer(config, rngs=nnx.Rngs(exp.seed)), mesh)
+    if exp.hf_dir:
+        load_hf_weights(model, exp.hf_dir)
     if exp.train.init_from:
         load_params(model, exp.train.init_from)  # into the model's shardings
     held_out = HeldOut.build(exp, tokenizer)
@@ -393,6 +422,8 @@ def run(
                         reset_lookahead_to_unk(model)
                     runner.train()
             table_trained = table_trained or stage.trains_table
+            if stage.trains_table and not finished:
+                save_head(model, stage_head(workdir, stage.name), tokenizer=tokenizer)
             if finished and not reevaluate:
                 continue
             result = evaluate(model, runner.trainer, exp, held_out)

@@ -1,0 +1,213 @@
+"""What `pass-jax-train` and `pass-jax-decode` do, as functions (no flags defined here, so the
+bench command lines can call them too)."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import ml_collections
+
+from pass_jax import distributed
+from pass_jax.bench.timing import ForwardTimer
+from pass_jax.decode.generation import GenerationResult, generate
+from pass_jax.decode.text import encode_prompt
+from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
+from pass_jax.experiment import ExperimentConfig
+from pass_jax.io import workdir as workdir_layout
+from pass_jax.io.checkpoint import step_dir
+from pass_jax.io.head import load_head, read_head_info
+from pass_jax.io.hf import load_hf_llama
+from pass_jax.model import Transformer
+from pass_jax.tokenizer import Tokenizer, load_tokenizer
+from pass_jax.training.stages import TrainingInterrupted, run
+
+DEFAULT_HF_MAX_LOOKAHEAD = 8  # table rows of an HF model decoded without a head (pass_unk)
+
+
+def run_training(
+    config: ml_collections.ConfigDict,
+    workdir: str,
+    *,
+    dry_run: bool = False,
+    multi_host: bool = False,
+    reevaluate: bool = False,
+) -> int:
+    """Runs the experiment; returns the exit status (128 + signal number when interrupted).
+
+    Starts the distributed runtime first when `multi_host` or the environment asks for it
+    (`distributed.initialize`). `dry_run` compiles and sizes the programs instead
+    (`pass_jax.dry_run`; fake CPU devices when there is no accelerator) and trains nothing.
+    `reevaluate` evaluates finished stages again instead of skipping them.
+    """
+    if dry_run:
+        use_fake_cpu_devices()
+    distributed.initialize(multi_host)
+    exp = ExperimentConfig.from_config(config)
+    if dry_run:
+        distributed.main_print(format_dry_run(exp))
+        return 0
+    try:
+        run(exp, workdir, reevaluate=reevaluate)
+    except TrainingInterrupted as e:
+        distributed.main_print(
+            f"interrupted ({e}); checkpoint saved, rerun the same command to resume"
+        )
+        return 128 + e.signum
+    return 0
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeOptions:
+    """`pass-jax-decode`'s decoding flags. `method` None: `pass` when a trained table is loaded
+    (a checkpoint, or an HF model with a head), else `ar`."""
+
+    prompt: str
+    method: str | None = None
+    num_lookahead: int | None = None
+    temperature: float = 0.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int = 0
+    max_new_tokens: int = 128
+    compare: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class DecodeSource:
+    """What `decode_report` decodes with: a model, its tokenizer, a one-line description, the
+    BOS convention, and whether the model's table is trained."""
+
+    model: Transformer
+    tokenizer: Tokenizer
+    description: str
+    add_bos: bool
+    trained_table: bool
+
+
+def experiment_source(
+    config: ml_collections.ConfigDict,
+    *,
+    workdir: str | None,
+    checkpoint: str | None = None,
+    stage: str | None = None,
+    dtype: str | None = None,
+    head: str | None = None,
+) -> DecodeSource:
+    """A trained checkpoint of an experiment (the latest of `stage`, by default of the last
+    stage), optionally with another `head`'s table."""
+    exp = ExperimentConfig.from_config(config)
+    tokenizer = workdir_layout.experiment_tokenizer(exp, workdir)
+    path = Path(checkpoint) if checkpoint else workdir_layout.find_checkpoint(exp, workdir, stage)
+    model = workdir_layout.load_model(path, dtype=dtype)
+    description = f"checkpoint: {step_dir(path)}"
+    if head is not None:
+        load_head(model, head, tokenizer=tokenizer)
+        description += f", head: {head}"
+    return DecodeSource(model, tokenizer, description, exp.data.add_bos, model.has_lookahead)
+
+
+def hf_source(
+    hf_dir: str,
+    *,
+    head: str | None = None,
+    max_lookahead: int | None = None,
+    dtype: str | None = None,
+) -> DecodeSource:
+    """A Hugging Face LLaMA directory (its tokenizer, its weights), with a PaSS `head` or an
+    untrained table of `max_lookahead` rows (default `DEFAULT_HF_MAX_LOOKAHEAD`)."""
+    if head is not None and max_lookahead is not None:
+        raise ValueError("--max_lookahead is the head's size with --head: give one of them")
+    if head is not None:
+        max_lookahead = read_head_info(head).max_lookahead
+    elif max_lookahead is None:
+        max_lookahead = DEFAULT_HF_MAX_LOOKAHEAD
+    tokenizer = load_tokenizer(hf_dir)
+    model = load_hf_llama(hf_dir, dtype=dtype or "float32", max_lookahead=max_lookahead)
+    if head is not None:
+        load_head(model, head, tokenizer=tokenizer)
+    description = f"HF model: {hf_dir}" + (f", head: {head}" if head else ", no head")
+    return DecodeSource(model, tokenizer, description, tokenizer.add_bos, head is not None)
+
+
+def _timed(model: Transformer, prompt: list[int], opts: DecodeOptions, method: str, eos: int):
+    """A warm-up call (compiles), then the measured call; returns (result, compile seconds)."""
+    kwargs = dict(
+        max_new_tokens=opts.max_new_tokens,
+        method=method,
+        num_lookahead=None if method == "ar" else opts.num_lookahead,
+        temperature=opts.temperature,
+        top_k=opts.top_k,
+        top_p=opts.top_p,
+        seed=opts.seed,
+        eos_id=eos if eos >= 0 else None,
+    )
+    warmup = generate(model, [prompt], **kwargs)
+    return generate(model, [prompt], **kwargs), warmup.stats.compile_s
+
+
+def _report(name: str, result: GenerationResult, compile_s: float) -> str:
+    s = result.stats
+    lines = [
+        f"{name}: {s.new_tokens} new tokens in {s.decode_s:.3f}s = "
+        f"{s.tokens_per_s:.1f} tokens/s, tau {s.tau:.3f}, {s.forward_passes} calls, "
+        f"prefill {s.prefill_s * 1e3:.1f} ms, compile {compile_s:.1f}s (excluded)"
+    ]
+    if s.num_lookahead:
+        accept = " ".join(f"{x:.3f}" for x in s.acceptance_by_position)
+        lines.append(f"{name}: acceptance by position {accept} (L={s.num_lookahead})")
+    return "\n".join(lines)
+
+
+def speculation_cost(
+    model: Transformer, result: GenerationResult, prompt_len: int, *, rounds: int = 5
+) -> str:
+    """This machine's cost of a multi-token call, c(L+1) = time of one model call on L+1 new
+    tokens / one call on 1 token (`ForwardTimer`, at the decode's mean context), and the
+    projected speedup tau / c(L+1)."""
+    s = result.stats
+    block = s.num_lookahead + 1
+    timer = ForwardTimer(
+        model,
+        [1, block],
+        context=prompt_len + s.new_tokens // 2,
+        capacity=prompt_len + s.new_tokens + block + 16,
+    )
+    timer.sample(rounds)
+    cost = timer.relative_cost()[block]
+    return (
+        f"{s.method}: a call on L+1={block} tokens costs c({block}) = {cost:.3f} calls on 1 "
+        f"token on this machine; projected speedup tau / c({block}) = {s.tau / cost:.3f}x"
+    )
+
+
+def decode_report(source: DecodeSource, opts: DecodeOptions) -> str:
+    """Decodes the prompt; returns the printed report (completion and statistics)."""
+    method = opts.method or ("pass" if source.trained_table else "ar")
+    if method == "pass" and not source.trained_table:
+        raise ValueError(
+            "--method pass drafts with a trained table: give --head, or use --method pass_unk "
+            "(untrained table) or ar"
+        )
+    prompt = encode_prompt(source.tokenizer, opts.prompt, add_bos=source.add_bos)
+    eos = source.tokenizer.eos_id
+    result, compile_s = _timed(source.model, prompt, opts, method, eos)
+    lines = [
+        source.description,
+        f"--- completion ({method}) ---",
+        opts.prompt + source.tokenizer.decode(result.tokens[0]),
+        "---",
+        _report(method, result, compile_s),
+    ]
+    if result.stats.num_lookahead:
+        lines.append(speculation_cost(source.model, result, len(prompt)))
+    if opts.compare:
+        baseline, ar_compile_s = _timed(source.model, prompt, opts, "ar", eos)
+        lines.append(_report("ar", baseline, ar_compile_s))
+        per_token = baseline.stats.decode_s / max(baseline.stats.new_tokens, 1)
+        ours = result.stats.decode_s / max(result.stats.new_tokens, 1)
+        ratio = f"wall-clock ratio (ar / {method}, per token): {per_token / ours:.3f}x"
+        if opts.temperature == 0:  # greedy decoding is deterministic: lossless means identical
+            ratio += f"; same tokens: {baseline.tokens == result.tokens}"
+        lines.append(ratio)
+    return "\n".join(lines)

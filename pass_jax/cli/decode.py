@@ -1,0 +1,116 @@
+"""`pass-jax-decode`: decodes a prompt and prints the completion and its statistics.
+
+    pass-jax-decode --hf_dir /ckpt/Llama-3.2-1B --head /runs/h/heads/lookahead --prompt "def "
+    pass-jax-decode --hf_dir /ckpt/Llama-3.2-1B --method pass_unk --prompt "def "  # no head
+    pass-jax-decode --config tiny --workdir /tmp/tiny_run --compare --prompt "def "
+
+With `--hf_dir` the tokenizer and weights are the Hugging Face directory's and the lookahead
+table is `--head`'s; with `--config` a trained checkpoint of the experiment's workdir.
+"""
+
+from pathlib import Path
+
+from absl import app, flags
+from ml_collections import config_flags
+
+from pass_jax.cli.commands import (
+    DEFAULT_HF_MAX_LOOKAHEAD,
+    DecodeOptions,
+    decode_report,
+    experiment_source,
+    hf_source,
+)
+from pass_jax.cli.flags import flags_parser
+from pass_jax.config import DTYPE_NAMES
+from pass_jax.decode.generation import METHODS
+
+_CONFIG = config_flags.DEFINE_config_file(
+    "config", None, "Experiment config (a file or a packaged config's name) of a trained workdir."
+)
+_WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, checkpoints).")
+_CHECKPOINT = flags.DEFINE_string("checkpoint", None, "A checkpoint or step directory to load.")
+_STAGE = flags.DEFINE_string("stage", None, "Stage whose checkpoint to load (default: the last).")
+_HF_DIR = flags.DEFINE_string(
+    "hf_dir", None, "A Hugging Face LLaMA directory (config.json, safetensors, tokenizer)."
+)
+_HEAD = flags.DEFINE_string(
+    "head", None, "A PaSS head directory (e.g. WORKDIR/heads/lookahead) whose table to draft with."
+)
+_MAX_LOOKAHEAD = flags.DEFINE_integer(
+    "max_lookahead",
+    None,
+    f"With --hf_dir and no --head: rows of the untrained table --method pass_unk drafts with "
+    f"(default {DEFAULT_HF_MAX_LOOKAHEAD}).",
+)
+_PROMPT = flags.DEFINE_string("prompt", None, "The prompt text.")
+_PROMPT_FILE = flags.DEFINE_string("prompt_file", None, "A file whose contents are the prompt.")
+_METHOD = flags.DEFINE_enum(
+    "method",
+    None,
+    METHODS,
+    "Decoding method (default: pass with a trained table, i.e. a checkpoint or --head; else ar; "
+    "pass_unk drafts with the untrained UNK table).",
+)
+_NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", None, "Drafts per window (default L_max).")
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "Sampling temperature (0: greedy).")
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Top-k filtering (0: off).")
+_TOP_P = flags.DEFINE_float("top_p", 1.0, "Top-p (nucleus) filtering (1: off).")
+_SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
+_MAX_NEW_TOKENS = flags.DEFINE_integer("max_new_tokens", 128, "Tokens to generate.")
+_COMPARE = flags.DEFINE_bool("compare", False, "Also run autoregressive decoding and compare.")
+_DTYPE = flags.DEFINE_enum(
+    "dtype",
+    None,
+    DTYPE_NAMES,
+    "Compute dtype, matmul operands too (default: the checkpoint's; float32 with --hf_dir).",
+)
+flags.mark_flags_as_mutual_exclusive(["config", "hf_dir"], required=True)
+flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_file"], required=True)
+
+
+def _main(argv: list[str]) -> None:
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if _HF_DIR.value is not None:
+        for flag in (_WORKDIR, _CHECKPOINT, _STAGE):
+            if flag.value is not None:
+                raise app.UsageError(f"--{flag.name} belongs to --config, not --hf_dir")
+        if _METHOD.value == "pass" and _HEAD.value is None:
+            raise app.UsageError(
+                "--method pass drafts with a trained table: give --head, or use --method "
+                "pass_unk (untrained table) or ar"
+            )
+        source = hf_source(
+            _HF_DIR.value, head=_HEAD.value, max_lookahead=_MAX_LOOKAHEAD.value, dtype=_DTYPE.value
+        )
+    else:
+        if _MAX_LOOKAHEAD.value is not None:
+            raise app.UsageError("--max_lookahead belongs to --hf_dir (a checkpoint has its own)")
+        source = experiment_source(
+            _CONFIG.value,
+            workdir=_WORKDIR.value,
+            checkpoint=_CHECKPOINT.value,
+            stage=_STAGE.value,
+            dtype=_DTYPE.value,
+            head=_HEAD.value,
+        )
+    prompt = _PROMPT.value
+    if _PROMPT_FILE.value is not None:
+        prompt = Path(_PROMPT_FILE.value).read_text()
+    opts = DecodeOptions(
+        prompt=prompt,
+        method=_METHOD.value,
+        num_lookahead=_NUM_LOOKAHEAD.value,
+        temperature=_TEMPERATURE.value,
+        top_k=_TOP_K.value,
+        top_p=_TOP_P.value,
+        seed=_SEED.value,
+        max_new_tokens=_MAX_NEW_TOKENS.value,
+        compare=_COMPARE.value,
+    )
+    print(decode_report(source, opts))
+
+
+def main() -> None:
+    """The console script's entry point."""
+    app.run(_main, flags_parser=flags_parser)

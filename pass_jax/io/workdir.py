@@ -1,0 +1,76 @@
+"""Where a training workdir keeps things, and loading them back.
+
+tokenizer.model              trained here unless `config.tokenizer.path` names one
+checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (`pass_jax.io.checkpoint`)
+heads/<stage>/               the stage's PaSS head, when it trains the table (`io.head`)
+generations/<stage>/         the model's own continuations (stages distill, joint)
+metrics.jsonl                train / eval / stage records
+tensorboard/                 the same scalars for TensorBoard
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flax import nnx
+
+from pass_jax.config import ModelConfig
+from pass_jax.experiment import ExperimentConfig
+from pass_jax.io.checkpoint import CheckpointError, load_params, read_meta, step_dir
+from pass_jax.model import Transformer, loop_layers
+from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, load_tokenizer
+
+TOKENIZER_FILE = MODEL_FILENAME
+CHECKPOINTS_DIR = "checkpoints"
+HEADS_DIR = "heads"
+GENERATIONS_DIR = "generations"
+METRICS_FILE = "metrics.jsonl"
+TENSORBOARD_DIR = "tensorboard"
+
+
+def stage_checkpoints(workdir: str | Path, stage: str) -> Path:
+    """The checkpoint directory of a stage (one step directory per saved step)."""
+    return Path(workdir) / CHECKPOINTS_DIR / stage
+
+
+def stage_head(workdir: str | Path, stage: str) -> Path:
+    """The PaSS head directory a table-training stage exports."""
+    return Path(workdir) / HEADS_DIR / stage
+
+
+def stage_generations(workdir: str | Path, stage: str) -> Path:
+    """The model's own continuations a stage trains on."""
+    return Path(workdir) / GENERATIONS_DIR / stage
+
+
+def experiment_tokenizer(exp: ExperimentConfig, workdir: str | Path | None) -> Tokenizer:
+    """The experiment's tokenizer: `config.tokenizer.path`, else the one trained in `workdir`."""
+    if exp.tokenizer.path:
+        return load_tokenizer(exp.tokenizer.path)
+    if workdir is None:
+        raise ValueError("no tokenizer: set config.tokenizer.path or give --workdir")
+    return load_tokenizer(Path(workdir) / TOKENIZER_FILE)
+
+
+def find_checkpoint(exp: ExperimentConfig, workdir: str | Path | None, stage: str | None) -> Path:
+    """The latest step of `stage`, or of the last configured stage that has a checkpoint."""
+    if workdir is None:
+        raise ValueError("give --workdir or --checkpoint")
+    names = [stage] if stage else [s.name for s in reversed(exp.stages)]
+    for name in names:
+        directory = stage_checkpoints(workdir, name)
+        if directory.is_dir():
+            return step_dir(directory)
+    raise CheckpointError(f"no checkpoint of stage(s) {names} under {workdir}/{CHECKPOINTS_DIR}")
+
+
+def load_model(checkpoint: str | Path, *, dtype: str | None = None) -> Transformer:
+    """A model built from a checkpoint's stored config, with its weights, laid out for decoding
+    (scanned layers looped: `model.loop_layers`); `dtype` overrides the stored compute dtype,
+    and the matmuls then take their operands in it too."""
+    directory = step_dir(checkpoint)
+    stored = read_meta(directory)["model"]
+    override = {"dtype": dtype, "matmul_dtype": None} if dtype else {}
+    model = Transformer(ModelConfig.from_dict({**stored, **override}), rngs=nnx.Rngs(0))
+    load_params(model, directory)
+    return loop_layers(model)
