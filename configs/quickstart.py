@@ -24,10 +24,10 @@ def get_config() -> ml_collections.ConfigDict:
     config.tokenizer.update(vocab_size=512, max_train_bytes=2_000_000)
     config.data.update(seq_len=128, batch_size=8)
     config.stages = "base,lookahead,joint"
-    config.base.update(steps=600, warmup_steps=30)
+    config.base.update(steps=900, warmup_steps=30)
     config.lookahead.update(steps=40)
     config.joint.update(
-        steps=120, learning_rate=1e-3, warmup_steps=10, generations=64, generation_share=0.5
+        steps=400, learning_rate=1e-3, warmup_steps=10, generations=128, generation_share=0.75
     )
     config.train.update(log_every=50, checkpoint_every=1000, row_groups=2)
     config.eval.update(loss_sequences=64, num_prompts=16, prompt_len=32, max_new_tokens=64)

@@ -360,6 +360,17 @@ def _special_tokens(directory: Path) -> tuple[dict[str, str | int], bool | None]
     return specials, add_bos
 
 
+def bos_prefix(tokenizer: Tokenizer, *, add_bos: bool | None = None) -> list[int]:
+    """What every document and prompt starts with: ``[BOS]`` exactly when ``add_bos`` (None:
+    the tokenizer's own convention, `Tokenizer.add_bos`), else nothing. The one place that rule
+    lives."""
+    if not (tokenizer.add_bos if add_bos is None else add_bos):
+        return []
+    if tokenizer.bos_id < 0:
+        raise ValueError("add_bos is set but the tokenizer has no BOS token")
+    return [tokenizer.bos_id]
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """The tokenizer at `path`: a ``tokenizer.json`` or SentencePiece model file, or a directory
     holding one (``tokenizer.json`` preferred). `add_bos`, and for a ``tokenizer.json`` the

@@ -10,7 +10,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_model
+from conftest import tiny_model, tiny_run_flags
 from hf_files import write_bpe_tokenizer, write_tiny_llama
 
 from pass_jax.cli import flags as cli_flags
@@ -31,33 +31,6 @@ from pass_jax.io.checkpoint import CheckpointStore, split_params
 from pass_jax.io.workdir import load_model, stage_head
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY_OVERRIDES = {
-    "model.d_model": 32,
-    "model.n_layers": 2,
-    "model.n_heads": 2,
-    "model.n_kv_heads": 2,
-    "model.head_dim": 16,
-    "model.d_ff": 64,
-    "model.max_seq_len": 128,
-    "tokenizer.vocab_size": 400,
-    "tokenizer.max_train_bytes": 300_000,
-    "data.max_documents": 24,
-    "data.seq_len": 32,
-    "data.batch_size": 4,  # 4 row groups; 3 rows of the joint batch generated
-    "base.steps": 3,
-    "base.warmup_steps": 1,
-    "lookahead.steps": 2,
-    "lookahead.warmup_steps": 1,
-    "joint.steps": 2,
-    "joint.warmup_steps": 1,
-    "joint.generations": 4,
-    "joint.generation_prompt_len": 8,
-    "eval.loss_sequences": 4,
-    "eval.num_prompts": 1,
-    "eval.prompt_len": 8,
-    "eval.max_new_tokens": 8,
-    "train.log_every": 1,
-}
 
 
 def _run(entry: list[str], *args: str) -> subprocess.CompletedProcess:
@@ -70,48 +43,7 @@ def _script(name: str, *args: str) -> subprocess.CompletedProcess:
 
 
 def _overrides() -> list[str]:
-    return [f"--config.{key}={value}" for key, value in TINY_OVERRIDES.items()]
-
-
-def test_train_then_decode_compare(tmp_path):
-    trained = _script("train.py", f"--workdir={tmp_path}", *_overrides())
-    assert trained.returncode == 0, trained.stderr[-3000:]
-    assert "[joint] greedy pass: acceptance by position" in trained.stdout
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    evaluated = [r["stage"] for r in records if r["event"] == "eval"]
-    assert evaluated == ["base", "lookahead", "joint"]
-    for record in (r for r in records if r["event"] == "eval"):
-        assert 1.0 < record["bytes_per_token"] < 8.0  # BPE pieces of code
-        assert record["lm_loss_per_byte"] == pytest.approx(
-            record["lm_loss"] / record["bytes_per_token"]
-        )
-    assert "nats/byte" in trained.stdout
-    assert {"loss", "tokens_per_s", "lr"} <= set(records[0])
-
-    decoded = _script(
-        "decode.py",
-        f"--workdir={tmp_path}",
-        "--prompt=def ",
-        "--max_new_tokens=8",
-        "--compare",
-        *_overrides(),
-    )
-    assert decoded.returncode == 0, decoded.stderr[-3000:]
-    assert "tau" in decoded.stdout
-    assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
-    assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
-    assert "projected speedup tau / c(5)" in decoded.stdout  # tiny's L_max = 4
-
-    again = _script("train.py", f"--workdir={tmp_path}", "--reevaluate", *_overrides())
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "[joint] already finished (2 steps): evaluating again" in again.stdout
-    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
-    new_records = [json.loads(line) for line in lines[len(records) :]]
-    assert [r["event"] for r in new_records] == ["eval"] * 3  # nothing trained
-    evals = [r for r in records if r["event"] == "eval"]
-    for first, second in zip(evals, new_records, strict=True):
-        assert second["stage"] == first["stage"]  # each stage on its own checkpoint
-        assert second["lm_loss"] == pytest.approx(first["lm_loss"], rel=1e-6)
+    return tiny_run_flags()
 
 
 def test_bench_trains_then_measures_in_one_command(tmp_path):

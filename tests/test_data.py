@@ -29,7 +29,7 @@ from pass_jax.data.sources import (
     split_for_key,
     stdlib_source,
 )
-from pass_jax.data.tokens import bos_prefix, load_token_stream, tokenize_documents
+from pass_jax.data.tokens import load_token_stream, tokenize_documents
 from pass_jax.tokenizer import Tokenizer, train_tokenizer
 
 STDLIB = Path(sysconfig.get_paths()["stdlib"])
@@ -527,13 +527,3 @@ def test_config_prompts_start_like_training_documents(
         for d in make_source(cfg)
     }
     assert all(tuple(p) in starts for p in prompts)
-
-
-def test_bos_prefix_needs_a_bos_token(tok: Tokenizer) -> None:
-    assert bos_prefix(tok, add_bos=True) == [tok.bos_id] and bos_prefix(tok, add_bos=False) == []
-
-    class NoBos:
-        bos_id = -1
-
-    with pytest.raises(ValueError, match="no BOS token"):
-        bos_prefix(NoBos(), add_bos=True)  # type: ignore[arg-type]

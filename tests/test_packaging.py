@@ -1,15 +1,19 @@
-"""The wheel a plain `pip install .` builds: packages, configs, console scripts, license."""
+"""The wheel a plain `pip install .` builds (packages, configs, console scripts, license), and
+the quickstart run from it in a fresh virtual environment."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tomllib
 import zipfile
 from pathlib import Path
 
 import pytest
+from conftest import tiny_run_flags
 
 ROOT = Path(__file__).resolve().parents[1]
 SHIPPED = ("pyproject.toml", "README.md", "LICENSE", "pass_jax", "configs")
@@ -72,3 +76,85 @@ def test_installed_wheel_imports_its_configs_and_cli(wheel: Path, tmp_path: Path
         [sys.executable, "-c", check], cwd=tmp_path, env=env, capture_output=True, text=True
     )
     assert done.returncode == 0, done.stderr
+
+
+@pytest.fixture(scope="module")
+def fresh_venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new virtual environment with the wheel installed by a plain `pip install` (not
+    editable). Its dependencies come from this environment's site-packages through a `.pth`
+    line, which puts them on the path without running their `.pth` files, so this checkout's
+    editable install stays out of it."""
+    venv = tmp_path_factory.mktemp("venv") / "env"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
+        check=True,
+        capture_output=True,
+        text=True,
+    ).stdout.strip()
+    (Path(site) / "dependencies.pth").write_text(sysconfig.get_path("purelib") + "\n")
+    install = [str(python), "-m", "pip", "-q", "install", "--no-deps", "--no-index", str(wheel)]
+    subprocess.run(install, check=True)
+    return venv
+
+
+def _console(venv: Path, script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
+    command = [str(venv / "bin" / script), *args]
+    return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
+
+
+def test_installed_quickstart_trains_decodes_and_reevaluates(fresh_venv: Path, tmp_path: Path):
+    """`pass-jax-train --config quickstart` then `pass-jax-decode --compare`, from the installed
+    wheel in the fresh environment, outside the repository (shrunk to seconds by overrides)."""
+    where = subprocess.run(
+        [str(fresh_venv / "bin" / "python"), "-c", "import pass_jax; print(pass_jax.__file__)"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+    )
+    assert where.stdout.startswith(str(fresh_venv)), where.stdout + where.stderr
+    workdir = tmp_path / "qs"
+    train = ("pass-jax-train", "--config", "quickstart", f"--workdir={workdir}", *tiny_run_flags())
+
+    trained = _console(fresh_venv, *train, cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    assert "[joint] greedy pass: acceptance by position" in trained.stdout
+    records = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    evaluated = [r["stage"] for r in records if r["event"] == "eval"]
+    assert evaluated == ["base", "lookahead", "joint"]
+    for record in (r for r in records if r["event"] == "eval"):
+        assert 1.0 < record["bytes_per_token"] < 8.0  # BPE pieces of code
+        assert record["lm_loss_per_byte"] == pytest.approx(
+            record["lm_loss"] / record["bytes_per_token"]
+        )
+    assert "nats/byte" in trained.stdout
+    assert {"loss", "tokens_per_s", "lr"} <= set(records[0])
+    assert (workdir / "heads" / "joint" / "head.json").is_file()
+
+    decode = ("--config", "quickstart", f"--workdir={workdir}", *tiny_run_flags())
+    decoded = _console(
+        fresh_venv,
+        "pass-jax-decode",
+        *decode,
+        "--prompt=def ",
+        "--max_new_tokens=8",
+        "--compare",
+        cwd=tmp_path,
+    )
+    assert decoded.returncode == 0, decoded.stderr[-3000:]
+    assert "tau" in decoded.stdout
+    assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
+    assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
+    assert "projected speedup tau / c(5)" in decoded.stdout  # the quickstart's L_max = 4
+
+    again = _console(fresh_venv, *train, "--reevaluate", cwd=tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "[joint] already finished (2 steps): evaluating again" in again.stdout
+    lines = (workdir / "metrics.jsonl").read_text().splitlines()
+    new_records = [json.loads(line) for line in lines[len(records) :]]
+    assert [r["event"] for r in new_records] == ["eval"] * 3  # nothing trained
+    evals = [r for r in records if r["event"] == "eval"]
+    for first, second in zip(evals, new_records, strict=True):
+        assert second["stage"] == first["stage"]  # each stage on its own checkpoint
+        assert second["lm_loss"] == pytest.approx(first["lm_loss"], rel=1e-6)

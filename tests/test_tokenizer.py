@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import sysconfig
 from pathlib import Path
@@ -17,6 +18,7 @@ from pass_jax.tokenizer import (
     SentencePieceTokenizer,
     Tokenizer,
     _chunks,
+    bos_prefix,
     load_tokenizer,
     train_tokenizer,
 )
@@ -223,3 +225,17 @@ def test_tokenizer_json_is_preferred_and_errors_are_clear(
         ValueError, match=re.escape("eos token '<|no_such_token|>' is not in the vocab")
     ):
         load_tokenizer(both)
+
+
+def test_bos_prefix_follows_add_bos_and_needs_a_bos_token() -> None:
+    @dataclasses.dataclass
+    class Special:  # the two attributes the rule reads
+        bos_id: int
+        add_bos: bool
+
+    with_bos = Special(bos_id=1, add_bos=True)
+    assert bos_prefix(with_bos) == [1]  # type: ignore[arg-type]  # the tokenizer's convention
+    assert bos_prefix(with_bos, add_bos=False) == []  # type: ignore[arg-type]
+    assert bos_prefix(Special(bos_id=1, add_bos=False)) == []  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="no BOS token"):
+        bos_prefix(Special(bos_id=-1, add_bos=False), add_bos=True)  # type: ignore[arg-type]

@@ -8,8 +8,7 @@ import numpy as np
 
 from pass_jax.data.config import DataConfig
 from pass_jax.data.sources import DocumentSource, make_source
-from pass_jax.data.tokens import bos_prefix
-from pass_jax.tokenizer import Tokenizer
+from pass_jax.tokenizer import Tokenizer, bos_prefix
 
 __all__ = ["config_prompts", "sample_prompts"]
 

@@ -25,23 +25,13 @@ import numpy as np
 
 from pass_jax.data.config import DataConfig
 from pass_jax.data.sources import DocumentSource, make_source
-from pass_jax.tokenizer import Tokenizer
+from pass_jax.tokenizer import Tokenizer, bos_prefix
 
-__all__ = ["bos_prefix", "load_token_stream", "save_array", "tokenize_documents"]
+__all__ = ["load_token_stream", "save_array", "tokenize_documents"]
 
 log = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
-
-
-def bos_prefix(tokenizer: Tokenizer, *, add_bos: bool) -> list[int]:
-    """What every document and prompt starts with: ``[BOS]`` exactly when ``add_bos``
-    (`DataConfig.add_bos`), else nothing. The one place that rule lives."""
-    if not add_bos:
-        return []
-    if tokenizer.bos_id < 0:
-        raise ValueError("add_bos is set but the tokenizer has no BOS token")
-    return [tokenizer.bos_id]
 
 
 def tokenize_documents(

@@ -7,15 +7,12 @@ from typing import overload
 
 from pass_jax.decode.generation import generate
 from pass_jax.model import Transformer
-from pass_jax.tokenizer import Tokenizer
+from pass_jax.tokenizer import Tokenizer, bos_prefix
 
 
 def encode_prompt(tokenizer: Tokenizer, text: str, *, add_bos: bool | None = None) -> list[int]:
     """The prompt's ids, after BOS when `add_bos` (None: the tokenizer's own `add_bos`)."""
-    add_bos = tokenizer.add_bos if add_bos is None else add_bos
-    if add_bos and tokenizer.bos_id < 0:
-        raise ValueError("add_bos is set but the tokenizer has no BOS token")
-    ids = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
+    ids = bos_prefix(tokenizer, add_bos=add_bos) + tokenizer.encode(text)
     if not ids:
         raise ValueError("the prompt is empty (and no BOS is added)")
     return ids
