@@ -10,7 +10,7 @@
     python decode.py --config configs/7b.py --workdir /runs/7b --compare --prompt "def "
 
 On several hosts (a TPU pod slice, several GPU hosts) every host runs the same train command
-with `--distributed`, and the workdir on storage every host sees (e.g. `gs://...`): see
+with `--distributed`, and the workdir on a filesystem every host mounts: see
 docs/training.md.
 
 Data: TFDS Wikipedia (`tfds_name`, prepared offline in `data.tfds_data_dir`); for a local code
