@@ -169,6 +169,9 @@ class TrainConfig:
     `init_from`: a checkpoint whose weights start the first stage. `row_groups`: the step runs
     the layers on that many independent groups of a batch's rows (`losses.compute_losses`; the
     same losses): 1 on accelerators; on CPU a few groups keep XLA's threads busy.
+    `retrain_stale`: a stage whose checkpoints were trained from other inputs (an earlier stage
+    trained further or again, or a changed config section) has them deleted and is trained
+    again from scratch; without it such a stage is an error.
     """
 
     log_every: int = 10
@@ -176,6 +179,14 @@ class TrainConfig:
     max_to_keep: int = 2
     init_from: str | None = None
     row_groups: int = 1
+    retrain_stale: bool = False
+
+    def __post_init__(self) -> None:
+        if self.max_to_keep < 1:
+            raise ValueError(
+                f"config.train.max_to_keep={self.max_to_keep} must be at least 1 (the newest "
+                "checkpoints kept per stage; 0 would delete every one)"
+            )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -242,6 +253,30 @@ class ExperimentConfig:
     hf_dir: str | None = None
 
     def __post_init__(self) -> None:
+        if not self.stages:
+            raise ValueError(f"config.stages names no stage; stages: {STAGES}")
+        for key in ("log_every", "checkpoint_every"):
+            if getattr(self.train, key) < 1:
+                raise ValueError(f"config.train.{key}={getattr(self.train, key)} must be >= 1")
+        model = self.model
+        if self.data.seq_len > model.max_seq_len:
+            raise ValueError(
+                f"config.data.seq_len={self.data.seq_len} exceeds config.model.max_seq_len="
+                f"{model.max_seq_len}"
+            )
+        table = [stage.name for stage in self.stages if stage.trains_table]
+        if table and model.max_lookahead < 1:
+            raise ValueError(
+                f"stage(s) {table} train the lookahead table: config.model.max_lookahead must "
+                f"be >= 1, got {model.max_lookahead}"
+            )
+        positions = self.eval.prompt_len + int(self.data.add_bos) + self.eval.max_new_tokens
+        if self.eval.num_prompts and positions + model.max_lookahead > model.max_seq_len:
+            raise ValueError(
+                f"config.eval.prompt_len + max_new_tokens (+ BOS) + config.model.max_lookahead "
+                f"= {positions + model.max_lookahead} positions exceed config.model.max_seq_len="
+                f"{model.max_seq_len} (or set config.eval.num_prompts=0)"
+            )
         sequences, batch = self.eval.loss_sequences, self.data.batch_size
         if sequences < 0 or sequences % batch:
             raise ValueError(

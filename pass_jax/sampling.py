@@ -10,6 +10,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @jax.tree_util.register_dataclass
@@ -35,14 +36,19 @@ class Sampler:
         cls, temperature: float = 0.0, top_k: int = 0, top_p: float = 1.0
     ) -> tuple[Sampler, SamplingParams]:
         """The sampler and its traced parameters; `temperature == 0` means greedy."""
+        cls.check(temperature, top_k, top_p)
+        params = SamplingParams(jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p))
+        return cls(temperature == 0.0, int(top_k), top_p < 1.0), params
+
+    @staticmethod
+    def check(temperature: float, top_k: int, top_p: float) -> None:
+        """Raises a `ValueError` (`TypeError` for a non-integer `top_k`) naming a bad value."""
         if not temperature >= 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
-        if top_k < 0:
+        if check_integer("top_k", top_k) < 0:
             raise ValueError(f"top_k must be >= 0 (0 disables it), got {top_k}")
         if not 0.0 < top_p <= 1.0:
             raise ValueError(f"top_p must be in (0, 1], got {top_p}")
-        params = SamplingParams(jnp.float32(max(temperature, 1e-6)), jnp.float32(top_p))
-        return cls(temperature == 0.0, top_k, top_p < 1.0), params
 
     def probabilities(self, logits: jax.Array, params: SamplingParams) -> jax.Array:
         """Processed distribution [..., V] float32 from logits [..., V]."""
@@ -68,6 +74,14 @@ class Sampler:
         if self.greedy:
             return argmax(logits)
         return sample(keys, self.probabilities(logits, params))
+
+
+def check_integer(name: str, value: object) -> int:
+    """`value` if it is an integer (a Python or NumPy int, not a bool), else a `TypeError`
+    naming `name`."""
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an integer, got {value!r}")
+    return int(value)
 
 
 def sample(keys: jax.Array, probs: jax.Array) -> jax.Array:

@@ -80,6 +80,7 @@ def test_train_step_benchmark_reads_the_steps_flops():
     )  # fmt: skip
     config.tokenizer.vocab_size = 256
     config.data.update(seq_len=32, batch_size=4)
+    config.eval.update(num_prompts=0)  # no acceptance evaluation: only the train step runs
     exp = ExperimentConfig.from_config(config)
     result = train_step.measure(exp, "base", row_groups=2, steps=1, repeats=1)
     assert result["matmul_operands"] == "bfloat16"

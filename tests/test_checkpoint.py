@@ -10,10 +10,12 @@ import pytest
 from conftest import tiny_config
 from flax import nnx
 
+from pass_jax.experiment import ExperimentConfig, default_config
 from pass_jax.io.checkpoint import (
     CheckpointError,
     CheckpointStore,
     abstract_tree,
+    check_step,
     load_lookahead,
     load_params,
     split_params,
@@ -105,7 +107,9 @@ def test_missing_checkpoint_is_a_clear_error(tmp_path, stores):
         load_params(_model(0), tmp_path / "nothing")
     _save(stores(tmp_path / "run"), _model(0))
     shutil.rmtree(tmp_path / "run" / "1" / "lookahead")
-    with pytest.raises(CheckpointError, match=r"missing checkpoint: .*1/lookahead does not exist"):
+    with pytest.raises(
+        CheckpointError, match=r"damaged checkpoint .*1: lookahead/_METADATA is missing"
+    ):
         load_lookahead(_model(0), tmp_path / "run")
 
 
@@ -133,7 +137,7 @@ def test_corrupt_checkpoint_is_a_clear_error_and_the_previous_one_still_restores
     for path in files:
         path.write_bytes(b"\x00garbage")
     with pytest.raises(CheckpointError, match=message.format(step=tmp_path / "2")):
-        store.restore(abstract_tree(split_params(model)))
+        store.restore(abstract_tree(split_params(model)), step=2)
     assert _digest(tmp_path / "1") == step_1
     fresh = _model(3)
     load_params(fresh, tmp_path / "1")
@@ -161,3 +165,40 @@ def test_a_relative_checkpoint_path_restores(tmp_path, stores, monkeypatch):
     fresh = _model(5)
     load_params(fresh, step_dir("run"))
     assert _same(_arrays(fresh), _arrays(trained))
+
+
+@pytest.mark.parametrize("keep", [0, -1])
+def test_keeping_no_checkpoint_is_refused_when_the_config_is_parsed(tmp_path, keep):
+    with pytest.raises(ValueError, match=f"max_to_keep={keep}: at least one checkpoint"):
+        CheckpointStore(tmp_path, max_to_keep=keep)
+    config = default_config()
+    config.train.max_to_keep = keep
+    with pytest.raises(ValueError, match=f"config.train.max_to_keep={keep} must be at least 1"):
+        ExperimentConfig.from_config(config)
+
+
+def test_a_store_creates_its_directory_at_the_first_save(tmp_path, stores):
+    store = stores(tmp_path / "stage")
+    assert not (tmp_path / "stage").exists() and store.latest_step is None
+    _save(store, _model(0))
+    assert store.latest_step == 1
+
+
+@pytest.mark.parametrize("damage", ["truncate", "delete"])
+def test_a_damaged_sealed_step_is_skipped_with_a_warning(tmp_path, stores, damage):
+    model = _model(0)
+    store = _save(stores(tmp_path), model, steps=(1,))
+    good = _arrays(model)
+    _save(store, _model(5), steps=(2,))
+    check_step(tmp_path / "2")
+    item = max((tmp_path / "2" / "params").rglob("*"), key=lambda p: p.stat().st_size)
+    if damage == "truncate":
+        item.write_bytes(item.read_bytes()[:10])
+    else:
+        item.unlink()
+    name = item.relative_to(tmp_path / "2")
+    with pytest.warns(UserWarning, match=f"damaged checkpoint {tmp_path / '2'}: {name} .*step 1"):
+        restored, meta = store.restore(abstract_tree(split_params(model)))
+    assert meta["step"] == 1 and _same(jax.tree.map(np.array, restored), good)
+    _save(store, model, steps=(2,))  # the damaged step is replaced
+    check_step(tmp_path / "2")

@@ -13,6 +13,7 @@ import pytest
 from conftest import tiny_model, tiny_run_flags
 from hf_files import write_bpe_tokenizer, write_tiny_llama
 
+from pass_jax.cli import commands
 from pass_jax.cli import flags as cli_flags
 from pass_jax.config import ModelConfig
 from pass_jax.data.config import DataConfig
@@ -124,6 +125,26 @@ def test_held_out_set_must_fill_whole_batches():
 
 
 @pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"train.checkpoint_every": 0}, r"config.train.checkpoint_every=0 must be >= 1"),
+        ({"train.log_every": 0}, r"config.train.log_every=0 must be >= 1"),
+        ({"data.seq_len": 4096}, r"seq_len=4096 exceeds config.model.max_seq_len"),
+        ({"stages": " , "}, r"config.stages names no stage"),
+        ({"model.max_lookahead": 0}, r"\['lookahead', 'joint'\] train the lookahead"),
+        ({"eval.max_new_tokens": 100_000}, r"positions exceed config.model.max_seq_len"),
+    ],
+)
+def test_a_config_that_cannot_run_is_refused_before_any_work(overrides, message):
+    config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+    for key, value in overrides.items():
+        section, _, name = key.rpartition(".")
+        (config[section] if section else config)[name] = value
+    with pytest.raises(ValueError, match=message):
+        ExperimentConfig.from_config(config)
+
+
+@pytest.mark.parametrize(
     "name", sorted(p.name for p in (ROOT / "configs").glob("*.py") if not p.name.startswith("_"))
 )
 def test_config_files_check_and_type_their_overrides(name):
@@ -205,7 +226,7 @@ def test_config_names_resolve_to_packaged_configs(tmp_path, monkeypatch):
     assert cli_flags.resolve_config("tiny:arg") == f"{package / 'tiny.py'}:arg"
     existing = str(ROOT / "configs/small.py")
     assert cli_flags.resolve_config(existing) == existing
-    with pytest.raises(SystemExit, match=r"nor a packaged config in \['tiny'\]"):
+    with pytest.raises(FileNotFoundError, match=r"nor a packaged config in \['tiny'\]"):
         cli_flags.resolve_config("tinny")
 
 
@@ -223,3 +244,101 @@ def test_parsing_a_config_imports_nothing_heavy_and_public_names_load_lazily():
     light, public = result.stdout.strip().splitlines()
     assert light == "[]"
     assert "'generate_text', 'load_head', 'load_hf_llama'" in public
+
+
+# Runs a command line's `main` on several argvs in one process: each case in a forked child (absl
+# parses flags once per process), so JAX is imported once. Prints one JSON [status, output].
+_FORKED_MAINS = """
+import json, os, sys, traceback
+from pass_jax.cli import {module} as cli
+for argv in json.loads(sys.argv[1]):
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.dup2(write, 1), os.dup2(write, 2)
+        sys.argv, code = argv, 0
+        try:
+            cli.main()
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:
+            traceback.print_exc()
+            code = 1
+        sys.stdout.flush(), sys.stderr.flush()
+        os._exit(code)
+    os.close(write)
+    with os.fdopen(read) as f:
+        output = f.read()
+    print(json.dumps([os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]), output]))
+"""
+
+
+def _forked_mains(module: str, cases: list[list[str]]) -> list[tuple[int, str]]:
+    argvs = [[module, *case] for case in cases]
+    command = [sys.executable, "-c", _FORKED_MAINS.format(module=module), json.dumps(argvs)]
+    result = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return [tuple(json.loads(line)) for line in result.stdout.splitlines()]
+
+
+def test_decode_checks_its_flags_first_and_reports_expected_errors_in_one_line(tmp_path):
+    """Each refused before anything loads (the HF directory does not exist), as one line and
+    exit status 2; `--verbosity=1` shows the traceback; an unexpected error stays one."""
+    binary = tmp_path / "prompt.bin"
+    binary.write_bytes(b"\xff\xfe\x00")
+    hf = [f"--hf_dir={tmp_path / 'no_model'}", "--prompt=x"]
+    cases = {
+        "temperature must be >= 0, got -1.0": [*hf, "--temperature=-1"],
+        r"top_p must be in (0, 1], got 0.0": [*hf, "--top_p=0"],
+        "max_new_tokens must be >= 1, got 0": [*hf, "--max_new_tokens=0"],
+        "num_lookahead=99 is outside [0, 4]": [*hf, "--max_lookahead=4", "--num_lookahead=99"],
+        "flag --top_k=1.5:": [*hf, "--top_k=1.5"],
+        "tokenizer not found": hf,
+        "missing.txt: no such file": [hf[0], f"--prompt_file={tmp_path / 'missing.txt'}"],
+        "is not UTF-8 text": [hf[0], f"--prompt_file={binary}"],
+        "no_config.py: no such file": ["--config=no_config.py", "--prompt=x"],
+    }
+    results = _forked_mains("decode", [*cases.values(), [*hf, "--top_p=0", "--verbosity=1"]])
+    for (message, case), (status, output) in zip(cases.items(), results, strict=False):
+        assert status == 2 and output.startswith("error: "), (case, output)
+        assert output.count("\n") == 1 and message in output, (case, output)
+    status, output = results[-1]
+    assert status == 1 and "Traceback" in output and "top_p must be in (0, 1]" in output
+
+
+def test_train_checks_the_config_and_workdir_first_and_reports_errors_in_one_line(tmp_path):
+    """Refused before any work (no tokenizer trained, nothing written), as one line and exit
+    status 2; `--dry_run` does not ask for a workdir."""
+    file = tmp_path / "file"
+    file.write_text("")
+    workdir = tmp_path / "run"
+    cases = {
+        "checkpoint_every=0 must be >= 1": [
+            f"--workdir={workdir}",
+            "--config.train.checkpoint_every=0",
+        ],
+        "log_every=0 must be >= 1": ["--dry_run", "--config.train.log_every=0"],  # no workdir
+        "--workdir is required (except with --dry_run)": [],
+        f"{file} is not a directory": [f"--workdir={file / 'run'}"],
+        "held-out split 'validation' of the stdlib corpus: at most": [
+            f"--workdir={workdir}",
+            *_overrides(),
+            "--config.eval.loss_sequences=4000000",
+        ],
+        "unknown config key 'foo'": [f"--workdir={workdir}", "--config.foo=1"],
+    }
+    tiny = ["--config", str(ROOT / "configs/tiny.py")]
+    results = _forked_mains("train", [[*tiny, *case] for case in cases.values()])
+    results += _forked_mains("train", [["--config=missing.py", f"--workdir={workdir}"]])
+    cases["--config missing.py: no such file"] = []
+    for (message, case), (status, output) in zip(cases.items(), results, strict=True):
+        assert status == 2 and output.startswith("error: "), (case, output)
+        assert output.count("\n") == 1 and message in output, (case, output)
+    assert not workdir.exists()
+
+
+def test_a_dry_run_needs_no_workdir(monkeypatch):
+    monkeypatch.setattr(commands, "use_fake_cpu_devices", lambda: None)
+    monkeypatch.setattr(commands, "format_dry_run", lambda exp: f"sized {exp.model.d_model}")
+    config = runpy.run_path(str(ROOT / "configs/tiny.py"))["get_config"]()
+    assert commands.run_training(config, None, dry_run=True) == 0

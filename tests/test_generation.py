@@ -199,3 +199,31 @@ def test_bad_pass_input_is_a_clear_error_before_compiling(model_kwargs, call, me
     with pytest.raises(ValueError, match=message):
         generate(model, [[1, 2, 3]], max_new_tokens=30, **call)
     assert len(decode._EXECUTABLES) == compiled
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "message"),
+    [
+        (dict(prompts=[[1.7, 2.2, 3.9]]), ValueError, "prompt 0 must be a sequence of integer"),
+        (dict(prompts=[[True, False]]), ValueError, "prompt 0 must be a sequence of integer"),
+        (dict(max_new_tokens=2.5), TypeError, "max_new_tokens must be an integer, got 2.5"),
+        (dict(method="pass", num_lookahead=1.0), TypeError, "num_lookahead must be an integer"),
+        (dict(top_k=2.5), TypeError, "top_k must be an integer"),
+        (dict(seed=0.5), TypeError, "seed must be an integer"),
+        (dict(eos_id=True), TypeError, "eos_id must be an integer"),
+    ],
+)
+def test_non_integer_ids_and_counts_are_clear_errors_before_compiling(kwargs, error, message):
+    model = tiny_model(7)
+    compiled = len(decode._EXECUTABLES)
+    call = dict(prompts=[[1, 2, 3]], max_new_tokens=10) | kwargs
+    with pytest.raises(error, match=message):
+        generate(model, call.pop("prompts"), **call)
+    assert len(decode._EXECUTABLES) == compiled
+
+
+def test_numpy_integer_ids_and_counts_are_accepted():
+    model = tiny_model(7)
+    prompt = np.array([1, 2, 3], np.int32)
+    result = generate(model, [prompt], max_new_tokens=np.int64(5), seed=np.int32(1), top_k=3)
+    assert result.tokens == generate(model, [[1, 2, 3]], max_new_tokens=5, seed=1, top_k=3).tokens

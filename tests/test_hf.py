@@ -522,3 +522,22 @@ def test_an_hf_directory_tokenizer_loads(tmp_path):
     loaded = tokenizer_module.load_tokenizer(tmp_path)
     assert isinstance(loaded, tokenizer_module.SentencePieceTokenizer) and loaded.add_bos
     assert loaded.encode("return x * 3") == trained.encode("return x * 3")
+
+
+@pytest.mark.parametrize(
+    ("changes", "match"),
+    [
+        ({"hidden_size": "abc"}, r"'hidden_size' is 'abc': expected an integer"),
+        ({"num_hidden_layers": 2.5}, r"'num_hidden_layers' is 2.5: expected an integer"),
+        ({"num_key_value_heads": True}, r"'num_key_value_heads' is True: expected an integer"),
+        ({"rms_norm_eps": "1e-5"}, r"'rms_norm_eps' is '1e-5': expected a number"),
+        ({"tie_word_embeddings": "false"}, r"'tie_word_embeddings' is 'false': expected a boolean"),
+        ({"rope_parameters": {**LLAMA3, "factor": "8"}}, r"'rope_parameters.factor' is '8'"),
+    ],
+)
+def test_a_config_value_of_the_wrong_type_names_the_field(changes, match):
+    base = {"model_type": "llama", "vocab_size": 10, "hidden_size": 8, "intermediate_size": 4}
+    base |= {"num_hidden_layers": 1, "num_attention_heads": 2}
+    assert config_from_hf({**base, "hidden_size": 8.0}).d_model == 8  # integer-valued: fine
+    with pytest.raises(ValueError, match=match):
+        config_from_hf(base | changes)

@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import os
+import shutil
 import signal
 
 import jax
@@ -22,14 +23,17 @@ from pass_jax.experiment import (
     TokenizerConfig,
     TrainConfig,
 )
-from pass_jax.io.checkpoint import load_params, split_params
+from pass_jax.io.checkpoint import CheckpointError, load_params, split_params
+from pass_jax.io.workdir import TOKENIZER_FILE, experiment_tokenizer, load_model
 from pass_jax.model import Transformer
 from pass_jax.tokenizer import train_tokenizer
-from pass_jax.training import generations
+from pass_jax.training import generations, stages
 from pass_jax.training.insertion import build_inputs, sample_insertion_points
 from pass_jax.training.losses import compute_losses
+from pass_jax.training.metrics import read_records
 from pass_jax.training.stages import (
     HeldOut,
+    StaleStageError,
     TrainingInterrupted,
     run,
     stage_checkpoints,
@@ -257,7 +261,7 @@ def test_held_out_prompts_start_with_bos_exactly_when_the_data_does(tmp_path):
         config = dataclasses.replace(
             exp,
             data=dataclasses.replace(exp.data, add_bos=add_bos),
-            eval=EvalConfig(loss_sequences=0, num_prompts=2, prompt_len=8),
+            eval=EvalConfig(loss_sequences=0, num_prompts=2, prompt_len=8, max_new_tokens=16),
         )
         for prompt in HeldOut.build(config, tok).prompts:
             assert len(prompt) == 8 + add_bos and (prompt[0] == tok.bos_id) == add_bos
@@ -368,3 +372,124 @@ def test_generation_share_and_row_groups_are_checked(tmp_path):
     dataclasses.replace(exp, stages=(_stage("joint", generation_share=0.25),))  # one row of 4
     with pytest.raises(ValueError, match="row_groups=3 must divide"):
         dataclasses.replace(exp, train=TrainConfig(row_groups=3))
+
+
+def _base_then(exp: ExperimentConfig, stage: StageConfig, base_steps: int = 2) -> ExperimentConfig:
+    return dataclasses.replace(
+        exp, stages=(_stage("base", steps=base_steps, warmup_steps=1), stage)
+    )
+
+
+def _with_train(exp: ExperimentConfig, **changes) -> ExperimentConfig:
+    return dataclasses.replace(exp, train=dataclasses.replace(exp.train, **changes))
+
+
+def test_a_stage_trained_from_other_inputs_is_an_error_or_trained_again(tmp_path):
+    lookahead = _stage("lookahead", steps=2, warmup_steps=1)
+    exp = _base_then(_experiment(tmp_path, steps=3), lookahead)
+    run(exp, tmp_path / "run")
+    longer_base = _base_then(exp, lookahead, base_steps=3)
+    with pytest.raises(
+        StaleStageError,
+        match="stage lookahead was trained on base step 2, but base is now at step 3: delete "
+        r".*checkpoints/lookahead to train it again, or rerun with --config.train.retrain_stale",
+    ):
+        run(longer_base, tmp_path / "run")  # base resumes to step 3; lookahead is stale
+    run(_with_train(longer_base, retrain_stale=True), tmp_path / "run")
+    model = Transformer(exp.model.replace(vocab_size=300), rngs=nnx.Rngs(1))
+    meta = load_params(model, stage_checkpoints(tmp_path / "run", "lookahead"))
+    assert meta["step"] == 2 and meta["inputs"]["from"]["step"] == 3
+    evals = [
+        (r["stage"], r["step"]) for r in read_records(tmp_path / "run") if r["event"] == "eval"
+    ]
+    assert evals == [("base", 2), ("base", 3), ("lookahead", 2)]  # the stale one's record dropped
+    assert run(longer_base, tmp_path / "run") == {}  # up to date: skipped
+    other_lr = dataclasses.replace(
+        longer_base,
+        stages=(longer_base.stages[0], dataclasses.replace(lookahead, learning_rate=0.5)),
+    )
+    with pytest.raises(StaleStageError, match=r"config\.lookahead\.learning_rate=0\.01, now 0\.5"):
+        run(other_lr, tmp_path / "run")
+
+
+def _other_tokenizer(tmp_path, vocab_size: int = 300):
+    rng = np.random.default_rng(1)
+    letters = list("abcdefghijklmnopqrstuvwxyz")
+    words = ["".join(rng.choice(letters, rng.integers(2, 9))) for _ in range(400)]
+    text = [" ".join(rng.choice(words, 12)) + "\n" for _ in range(600)]
+    return train_tokenizer(text, vocab_size=vocab_size, output_path=tmp_path / "other.model")
+
+
+def test_a_checkpoint_is_not_used_with_another_tokenizer(tmp_path):
+    exp = _experiment(tmp_path, steps=3)
+    workdir = tmp_path / "run"
+    run(exp, workdir)
+    other = _other_tokenizer(tmp_path)
+    assert other.vocab_size == experiment_tokenizer(exp, workdir).vocab_size
+    shutil.copy(other.path, workdir / TOKENIZER_FILE)
+    tokenizer = experiment_tokenizer(exp, workdir)
+    mismatch = (
+        rf"checkpoints/joint/3 was trained with tokenizer \w{{12}}, but \S*{TOKENIZER_FILE} is "
+        rf"tokenizer {tokenizer.fingerprint[:12]}: use the tokenizer it was trained with"
+    )
+    with pytest.raises(CheckpointError, match=mismatch):  # what decode.py loads
+        load_model(stage_checkpoints(workdir, "joint"), tokenizer=tokenizer)
+    longer = dataclasses.replace(exp, stages=(_stage("joint", steps=4, warmup_steps=2),))
+    with pytest.raises(CheckpointError, match=mismatch):  # resuming
+        run(longer, workdir)
+
+
+def test_an_interrupted_evaluation_is_run_on_rerun(tmp_path, monkeypatch, capsys):
+    exp = _experiment(tmp_path, steps=3)
+    evaluate = stages.evaluate
+
+    def interrupted(*args):
+        os.kill(os.getpid(), signal.SIGTERM)
+        return evaluate(*args)
+
+    monkeypatch.setattr(stages, "evaluate", interrupted)
+    with pytest.raises(TrainingInterrupted, match="SIGTERM at stage joint step 3"):
+        run(exp, tmp_path / "run")
+    assert "interrupted during evaluation of stage joint; rerun to evaluate it" in (
+        capsys.readouterr().out
+    )
+    monkeypatch.undo()
+    assert set(run(exp, tmp_path / "run")) == {"joint"}  # trained: evaluated only
+    assert "not evaluated yet: evaluating" in capsys.readouterr().out
+    assert run(exp, tmp_path / "run") == {}
+    evals = [
+        (r["stage"], r["step"]) for r in read_records(tmp_path / "run") if r["event"] == "eval"
+    ]
+    assert evals == [("joint", 3)]
+
+
+def test_a_damaged_generations_cache_is_generated_again(tmp_path):
+    distill = _stage("distill", steps=2, generations=5, generation_prompt_len=8)
+    exp = _base_then(_experiment(tmp_path, steps=3), distill)
+    run(exp, tmp_path / "run")
+    corpus_file = tmp_path / "run" / "generations" / "distill" / generations.CORPUS_FILENAME
+    corpus = np.load(corpus_file)
+    corpus_file.write_bytes(corpus_file.read_bytes()[:100])  # cut short
+    longer = _base_then(exp, dataclasses.replace(distill, steps=3))
+    with pytest.warns(UserWarning, match=rf"damaged generations cache \S*{corpus_file.name} "):
+        run(longer, tmp_path / "run")
+    np.testing.assert_array_equal(np.load(corpus_file), corpus)
+    model = Transformer(exp.model.replace(vocab_size=300), rngs=nnx.Rngs(1))
+    assert load_params(model, stage_checkpoints(tmp_path / "run", "distill"))["step"] == 3
+
+
+def test_records_past_the_resumed_step_are_dropped(tmp_path):
+    exp = _with_train(_experiment(tmp_path, steps=3), log_every=1)
+    run(exp, tmp_path / "run")
+    with (tmp_path / "run" / "metrics.jsonl").open("a") as f:  # a run killed after its step 3
+        for step in (4, 5):
+            f.write(f'{{"event": "train", "stage": "joint", "step": {step}, "loss": 9.0}}\n')
+        f.write('{"event": "train", "sta')  # a line cut short
+    run(
+        dataclasses.replace(exp, stages=(_stage("joint", steps=5, warmup_steps=2),)),
+        tmp_path / "run",
+    )
+    records = read_records(tmp_path / "run")
+    assert [r["step"] for r in records if r["event"] == "train"] == [1, 2, 3, 4, 5]
+    assert all(r.get("loss") != 9.0 for r in records)
+    assert len(records) == len((tmp_path / "run" / "metrics.jsonl").read_text().splitlines())

@@ -24,7 +24,7 @@ from ml_collections import config_flags
 
 from pass_jax.bench import protocol, report
 from pass_jax.cli.commands import run_training
-from pass_jax.cli.flags import flags_parser
+from pass_jax.cli.flags import run_main
 from pass_jax.config import DTYPE_NAMES
 from pass_jax.data.prompts import config_prompts
 from pass_jax.experiment import ExperimentConfig
@@ -70,7 +70,7 @@ def main(argv: list[str]) -> None:
     tokenizer = experiment_tokenizer(exp, _WORKDIR.value)
     models = {
         f"{stage}: {STAGE_LABELS.get(stage, stage)}": load_model(
-            find_checkpoint(exp, _WORKDIR.value, stage), dtype=_DTYPE.value
+            find_checkpoint(exp, _WORKDIR.value, stage), tokenizer=tokenizer, dtype=_DTYPE.value
         )
         for stage in _STAGES.value
     }
@@ -106,4 +106,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags_parser)
+    run_main(main)

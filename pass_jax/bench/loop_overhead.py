@@ -14,14 +14,14 @@ from __future__ import annotations
 import json
 import statistics
 
-from absl import app, flags
+from absl import flags
 from flax import nnx
 from ml_collections import config_flags
 
 from pass_jax.aot import model_config
 from pass_jax.bench.report import machine
 from pass_jax.bench.timing import ForwardTimer
-from pass_jax.cli.flags import flags_parser
+from pass_jax.cli.flags import run_main
 from pass_jax.config import ModelConfig
 from pass_jax.decode.generation import bucket, generate
 from pass_jax.model import Transformer, loop_layers
@@ -89,4 +89,4 @@ def main(argv: list[str]) -> None:
 
 
 if __name__ == "__main__":
-    app.run(main, flags_parser=flags_parser)
+    run_main(main)

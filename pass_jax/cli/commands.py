@@ -4,18 +4,20 @@ bench command lines can call them too)."""
 from __future__ import annotations
 
 import dataclasses
+import os
 from pathlib import Path
 
 import ml_collections
 
 from pass_jax import distributed
 from pass_jax.bench.timing import ForwardTimer
-from pass_jax.decode.generation import GenerationResult, generate
+from pass_jax.data.tokens import max_stream_tokens
+from pass_jax.decode.generation import GenerationResult, check_num_lookahead, generate
 from pass_jax.decode.text import encode_prompt
 from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
 from pass_jax.experiment import ExperimentConfig
 from pass_jax.io import workdir as workdir_layout
-from pass_jax.io.checkpoint import step_dir
+from pass_jax.io.checkpoint import read_meta, step_dir
 from pass_jax.io.head import load_head, read_head_info
 from pass_jax.io.hf import load_hf_llama
 from pass_jax.model import Transformer
@@ -25,9 +27,36 @@ from pass_jax.training.stages import TrainingInterrupted, run
 DEFAULT_HF_MAX_LOOKAHEAD = 8  # table rows of an HF model decoded without a head (pass_unk)
 
 
+def check_workdir(workdir: str | None) -> None:
+    """A `ValueError` unless `workdir` is a directory this process can write, or can be made
+    one."""
+    if workdir is None:
+        raise ValueError("--workdir is required (except with --dry_run)")
+    path = Path(workdir).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise ValueError(f"--workdir {workdir}: {existing} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise ValueError(f"--workdir {workdir}: {existing} is not writable")
+
+
+def check_held_out_size(exp: ExperimentConfig) -> None:
+    """A `ValueError` when the held-out split is surely too small for `exp.eval.loss_sequences`
+    (`max_stream_tokens`: from its text, before any tokenizer trains)."""
+    needed = exp.eval.loss_sequences * exp.data.seq_len
+    data = dataclasses.replace(exp.data, split=exp.eval.split)
+    if needed and (bound := max_stream_tokens(data, needed)) < needed:
+        raise ValueError(
+            f"held-out split {data.split!r} of the {data.source} corpus: at most {bound} tokens, "
+            f"fewer than the {needed} of config.eval.loss_sequences={exp.eval.loss_sequences} "
+            f"sequences of config.data.seq_len={data.seq_len}; lower config.eval.loss_sequences "
+            "or point config.data at a larger corpus"
+        )
+
+
 def run_training(
     config: ml_collections.ConfigDict,
-    workdir: str,
+    workdir: str | None,
     *,
     dry_run: bool = False,
     multi_host: bool = False,
@@ -38,7 +67,8 @@ def run_training(
     Starts the distributed runtime first when `multi_host` or the environment asks for it
     (`distributed.initialize`). `dry_run` compiles and sizes the programs instead
     (`pass_jax.dry_run`; fake CPU devices when there is no accelerator) and trains nothing.
-    `reevaluate` evaluates finished stages again instead of skipping them.
+    `reevaluate` evaluates finished stages again instead of skipping them. The config, the
+    workdir (needless with `dry_run`) and the held-out split's size are checked first.
     """
     if dry_run:
         use_fake_cpu_devices()
@@ -47,6 +77,8 @@ def run_training(
     if dry_run:
         distributed.main_print(format_dry_run(exp))
         return 0
+    check_workdir(workdir)
+    check_held_out_size(exp)
     try:
         run(exp, workdir, reevaluate=reevaluate)
     except TrainingInterrupted as e:
@@ -93,13 +125,21 @@ def experiment_source(
     stage: str | None = None,
     dtype: str | None = None,
     head: str | None = None,
+    num_lookahead: int | None = None,
 ) -> DecodeSource:
     """A trained checkpoint of an experiment (the latest of `stage`, by default of the last
-    stage), optionally with another `head`'s table."""
+    stage), optionally with another `head`'s table. A `num_lookahead` the table cannot draft is
+    refused before the weights load."""
     exp = ExperimentConfig.from_config(config)
-    tokenizer = workdir_layout.experiment_tokenizer(exp, workdir)
     path = Path(checkpoint) if checkpoint else workdir_layout.find_checkpoint(exp, workdir, stage)
-    model = workdir_layout.load_model(path, dtype=dtype)
+    if num_lookahead is not None:
+        if head is not None:
+            rows = read_head_info(head).max_lookahead
+        else:
+            rows = read_meta(step_dir(path))["model"]["max_lookahead"]
+        check_num_lookahead(num_lookahead, rows)
+    tokenizer = workdir_layout.experiment_tokenizer(exp, workdir)
+    model = workdir_layout.load_model(path, tokenizer=tokenizer, dtype=dtype)
     description = f"checkpoint: {step_dir(path)}"
     if head is not None:
         load_head(model, head, tokenizer=tokenizer)
@@ -113,15 +153,19 @@ def hf_source(
     head: str | None = None,
     max_lookahead: int | None = None,
     dtype: str | None = None,
+    num_lookahead: int | None = None,
 ) -> DecodeSource:
     """A Hugging Face LLaMA directory (its tokenizer, its weights), with a PaSS `head` or an
-    untrained table of `max_lookahead` rows (default `DEFAULT_HF_MAX_LOOKAHEAD`)."""
+    untrained table of `max_lookahead` rows (default `DEFAULT_HF_MAX_LOOKAHEAD`). A
+    `num_lookahead` the table cannot draft is refused before anything loads."""
     if head is not None and max_lookahead is not None:
         raise ValueError("--max_lookahead is the head's size with --head: give one of them")
     if head is not None:
         max_lookahead = read_head_info(head).max_lookahead
     elif max_lookahead is None:
         max_lookahead = DEFAULT_HF_MAX_LOOKAHEAD
+    if num_lookahead is not None:
+        check_num_lookahead(num_lookahead, max_lookahead)
     tokenizer = load_tokenizer(hf_dir)
     model = load_hf_llama(hf_dir, dtype=dtype or "float32", max_lookahead=max_lookahead)
     if head is not None:

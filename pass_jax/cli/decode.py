@@ -20,9 +20,10 @@ from pass_jax.cli.commands import (
     experiment_source,
     hf_source,
 )
-from pass_jax.cli.flags import flags_parser
+from pass_jax.cli.flags import run_main
 from pass_jax.config import DTYPE_NAMES
-from pass_jax.decode.generation import METHODS
+from pass_jax.decode.generation import METHODS, check_options
+from pass_jax.sampling import Sampler
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config (a file or a packaged config's name) of a trained workdir."
@@ -68,9 +69,26 @@ flags.mark_flags_as_mutual_exclusive(["config", "hf_dir"], required=True)
 flags.mark_flags_as_mutual_exclusive(["prompt", "prompt_file"], required=True)
 
 
+def _read_prompt() -> str:
+    """`--prompt`, or `--prompt_file`'s UTF-8 text."""
+    if _PROMPT_FILE.value is None:
+        return _PROMPT.value
+    path = _PROMPT_FILE.value
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError as e:
+        raise FileNotFoundError(f"--prompt_file {path}: no such file") from e
+    except UnicodeDecodeError as e:
+        raise ValueError(f"--prompt_file {path} is not UTF-8 text: {e}") from e
+
+
 def _main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    # The checks that need no model, before anything loads (the table size: in the sources).
+    Sampler.check(_TEMPERATURE.value, _TOP_K.value, _TOP_P.value)
+    check_options(_MAX_NEW_TOKENS.value, _NUM_LOOKAHEAD.value, _SEED.value)
+    prompt = _read_prompt()
     if _HF_DIR.value is not None:
         for flag in (_WORKDIR, _CHECKPOINT, _STAGE):
             if flag.value is not None:
@@ -81,7 +99,11 @@ def _main(argv: list[str]) -> None:
                 "pass_unk (untrained table) or ar"
             )
         source = hf_source(
-            _HF_DIR.value, head=_HEAD.value, max_lookahead=_MAX_LOOKAHEAD.value, dtype=_DTYPE.value
+            _HF_DIR.value,
+            head=_HEAD.value,
+            max_lookahead=_MAX_LOOKAHEAD.value,
+            dtype=_DTYPE.value,
+            num_lookahead=_NUM_LOOKAHEAD.value,
         )
     else:
         if _MAX_LOOKAHEAD.value is not None:
@@ -93,10 +115,8 @@ def _main(argv: list[str]) -> None:
             stage=_STAGE.value,
             dtype=_DTYPE.value,
             head=_HEAD.value,
+            num_lookahead=_NUM_LOOKAHEAD.value,
         )
-    prompt = _PROMPT.value
-    if _PROMPT_FILE.value is not None:
-        prompt = Path(_PROMPT_FILE.value).read_text()
     opts = DecodeOptions(
         prompt=prompt,
         method=_METHOD.value,
@@ -113,4 +133,4 @@ def _main(argv: list[str]) -> None:
 
 def main() -> None:
     """The console script's entry point."""
-    app.run(_main, flags_parser=flags_parser)
+    run_main(_main)

@@ -1,18 +1,36 @@
-"""Shared command-line plumbing: config names and absl's flags parser."""
+"""Shared command-line plumbing: config names, absl's flags parser, and `run_main`, which reports
+expected errors as one line."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib.resources
 import runpy
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import ml_collections
 from absl import app, flags
 
+from pass_jax.io.checkpoint import CheckpointError
+
 CONFIG_FLAG = "--config"
 CONFIGS_PACKAGE = "pass_jax.configs"
+# A bad flag or config, a missing or damaged file (HeadMismatchError, tokenizer and HF load
+# errors are ValueErrors): one line, not a traceback.
+EXPECTED_ERRORS = (
+    ValueError,
+    FileNotFoundError,
+    NotADirectoryError,
+    IsADirectoryError,
+    PermissionError,
+    CheckpointError,
+    app.UsageError,
+    flags.Error,
+)
+EXPECTED_ERROR_STATUS = 2
 
 
 def resolve_config(value: str) -> str:
@@ -23,15 +41,17 @@ def resolve_config(value: str) -> str:
         return value
     try:
         packaged = importlib.resources.files(CONFIGS_PACKAGE) / f"{path}.py"
-    except ModuleNotFoundError:
-        sys.exit(f"FATAL: --config {value}: no such file (and no {CONFIGS_PACKAGE} installed)")
+    except ModuleNotFoundError as e:
+        raise FileNotFoundError(
+            f"--config {value}: no such file (and no {CONFIGS_PACKAGE} installed)"
+        ) from e
     if not packaged.is_file():
         names = sorted(
             p.name[:-3]
             for p in importlib.resources.files(CONFIGS_PACKAGE).iterdir()
             if p.name.endswith(".py") and not p.name.startswith("_")
         )
-        sys.exit(f"FATAL: --config {value}: no such file, nor a packaged config in {names}")
+        raise FileNotFoundError(f"--config {value}: no such file, nor a packaged config in {names}")
     return f"{packaged}{sep}{arg}"
 
 
@@ -66,15 +86,45 @@ def flags_parser(argv: list[str]) -> list[str]:
     """
     argv, value = _resolve_config_arg(argv)
     path, _, arg = (value or "").partition(":")
-    if Path(path).is_file():
+    if value is not None and not Path(path).is_file():
+        raise FileNotFoundError(f"--config {value}: no such file")
+    if value is not None:
         get_config = runpy.run_path(path)["get_config"]
         config = get_config(arg) if arg else get_config()
         for flag in argv:
             if flag.startswith(CONFIG_FLAG + "."):
                 key = flag[len(CONFIG_FLAG) + 1 :].split("=", 1)[0]
                 if not _has_key(config, key):
-                    sys.exit(f"FATAL: unknown config key {key!r} in {flag}: {path} has no such key")
-    remaining = app.parse_flags_with_usage(argv)
+                    raise ValueError(
+                        f"unknown config key {key!r} in {flag}: {path} has no such key"
+                    )
+    remaining = flags.FLAGS(argv)
     if flags.FLAGS["verbosity"].using_default_value:
         flags.FLAGS.verbosity = -1
     return remaining
+
+
+@contextlib.contextmanager
+def _expected_errors_reported() -> Iterator[None]:
+    """An `EXPECTED_ERRORS` error becomes one line on stderr, "error: <message>", and exit status
+    `EXPECTED_ERROR_STATUS`; with `--verbosity=1` or more it propagates (its traceback)."""
+    try:
+        yield
+    except EXPECTED_ERRORS as e:
+        if flags.FLAGS.is_parsed() and flags.FLAGS.verbosity >= 1:
+            raise
+        message = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        print(f"error: {message or type(e).__name__}", file=sys.stderr)
+        sys.exit(EXPECTED_ERROR_STATUS)
+
+
+def run_main(main: Callable[[list[str]], Any]) -> None:
+    """`app.run(main)` with `flags_parser`; expected errors, in parsing flags or in `main`, are
+    one line (`_expected_errors_reported`), others tracebacks."""
+
+    def reported(argv: list[str]) -> Any:
+        with _expected_errors_reported():  # app.run would print a UsageError with the usage
+            return main(argv)
+
+    with _expected_errors_reported():
+        app.run(reported, flags_parser=flags_parser)

@@ -2,7 +2,7 @@
 config's stages say.
 
     pass-jax-train --config tiny --workdir /tmp/tiny_run [--config.base.steps=100]
-    pass-jax-train --config configs/7b.py --workdir /tmp/x --dry_run   # compile and size only
+    pass-jax-train --config configs/7b.py --dry_run   # compile and size only
     pass-jax-train --config tiny --workdir /tmp/tiny_run --reevaluate  # finished stages again
     pass-jax-train --config hf_head --workdir /runs/h --config.hf_dir=/ckpt/Llama-3.2-1B
 
@@ -16,12 +16,14 @@ from absl import app, flags
 from ml_collections import config_flags
 
 from pass_jax.cli.commands import run_training
-from pass_jax.cli.flags import flags_parser
+from pass_jax.cli.flags import run_main
 
 _CONFIG = config_flags.DEFINE_config_file(
     "config", None, "Experiment config: a file, or a packaged config's name (e.g. tiny)."
 )
-_WORKDIR = flags.DEFINE_string("workdir", None, "Directory for tokenizer, checkpoints, metrics.")
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Directory for tokenizer, checkpoints, metrics (not with --dry_run)."
+)
 _DRY_RUN = flags.DEFINE_bool(
     "dry_run",
     False,
@@ -40,7 +42,7 @@ _REEVALUATE = flags.DEFINE_bool(
     "Evaluate stages that are already finished again (held-out losses and acceptance, e.g. "
     "after changing config.eval) instead of skipping them; unfinished stages train as usual.",
 )
-flags.mark_flags_as_required(["config", "workdir"])
+flags.mark_flags_as_required(["config"])
 
 
 def _main(argv: list[str]) -> None:
@@ -58,4 +60,4 @@ def _main(argv: list[str]) -> None:
 
 def main() -> None:
     """The console script's entry point."""
-    app.run(_main, flags_parser=flags_parser)
+    run_main(_main)

@@ -27,7 +27,7 @@ from pass_jax.data.config import DataConfig
 from pass_jax.data.sources import DocumentSource, make_source
 from pass_jax.tokenizer import Tokenizer, bos_prefix
 
-__all__ = ["load_token_stream", "save_array", "tokenize_documents"]
+__all__ = ["load_token_stream", "max_stream_tokens", "save_array", "tokenize_documents"]
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +57,21 @@ def tokenize_documents(
     if not parts:
         return np.zeros((0,), np.int32)
     return np.concatenate(parts)
+
+
+def max_stream_tokens(config: DataConfig, limit: int) -> int:
+    """An upper bound on the configured split's stream length without a tokenizer, counted
+    only until it reaches `limit` (so cheap for a large corpus): each token spans at least one
+    UTF-8 byte (byte-level or byte-fallback vocabularies, no expanding normalisation), plus
+    BOS, EOS and a dummy prefix per document."""
+    source = make_source(config)
+    n = len(source) if config.max_documents is None else min(len(source), config.max_documents)
+    total = 0
+    for index in range(n):
+        total += len(source[index].encode()) + 3
+        if total >= limit:
+            break
+    return total
 
 
 def _stream_key(source: DocumentSource, tokenizer: Tokenizer, config: DataConfig) -> str:

@@ -41,7 +41,7 @@ from pass_jax import sharding
 from pass_jax.config import ModelConfig
 from pass_jax.decode import loop
 from pass_jax.model import Transformer, unk_lookahead_table
-from pass_jax.sampling import Sampler, SamplingParams
+from pass_jax.sampling import Sampler, SamplingParams, check_integer
 
 METHODS = ("ar", "pass", "pass_unk")
 _MIN_BUCKET = 16
@@ -236,7 +236,8 @@ def generate(
     `seed` and the row index), so a row's output does not depend on the rest of the batch.
     """
     sampler, sampling_params = Sampler.create(temperature, top_k, top_p)
-    num_la = _check_inputs(model, prompts, max_new_tokens, method, num_lookahead, eos_id)
+    num_la = _check_inputs(model, prompts, max_new_tokens, method, num_lookahead, seed, eos_id)
+    max_new_tokens, seed = int(max_new_tokens), int(seed)  # NumPy ints too
     lengths = np.array([len(p) for p in prompts], np.int32)
     plan = DecodePlan.create(
         model.config, len(prompts), int(lengths.max()), max_new_tokens, method, num_la, sampler
@@ -280,12 +281,36 @@ def generate(
     return GenerationResult(tokens=new_tokens, stats=stats)
 
 
+def check_options(
+    max_new_tokens: int, num_lookahead: int | None = None, seed: int = 0, eos_id: int | None = None
+) -> None:
+    """The checks of `generate`'s options that need no model: integers (a `TypeError` naming
+    the argument otherwise), `max_new_tokens >= 1`, `num_lookahead >= 0`."""
+    if check_integer("max_new_tokens", max_new_tokens) < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    if num_lookahead is not None and check_integer("num_lookahead", num_lookahead) < 0:
+        raise ValueError(f"num_lookahead={num_lookahead} is outside [0, L_max]")
+    check_integer("seed", seed)
+    if eos_id is not None:
+        check_integer("eos_id", eos_id)
+
+
+def check_num_lookahead(num_lookahead: int, max_lookahead: int) -> None:
+    """A `ValueError` unless `num_lookahead` drafts fit a table of `max_lookahead` rows."""
+    if not 0 <= num_lookahead <= max_lookahead:
+        raise ValueError(
+            f"num_lookahead={num_lookahead} is outside [0, {max_lookahead}]: the model's "
+            f"lookahead table has L_max={max_lookahead} rows"
+        )
+
+
 def _check_inputs(
     model: Transformer,
     prompts: Sequence[Sequence[int]],
     max_new_tokens: int,
     method: str,
     num_lookahead: int | None,
+    seed: int,
     eos_id: int | None,
 ) -> int:
     """Validates a call before anything compiles; returns the number of drafts per iteration."""
@@ -298,12 +323,15 @@ def _check_inputs(
         if len(prompt) == 0:
             raise ValueError(f"prompt {row} is empty: every prompt needs at least one token")
         ids = np.asarray(prompt)
+        if ids.ndim != 1 or ids.dtype.kind not in "iu":
+            raise ValueError(
+                f"prompt {row} must be a sequence of integer token ids, got {ids.dtype} values"
+            )
         if ids.min() < 0 or ids.max() >= config.vocab_size:
             raise ValueError(
                 f"prompt {row} has token ids outside the vocabulary [0, {config.vocab_size})"
             )
-    if max_new_tokens < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    check_options(max_new_tokens, num_lookahead, seed, eos_id)
     if eos_id is not None and not 0 <= eos_id < config.vocab_size:
         raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {config.vocab_size})")
     num_la = 0
@@ -314,11 +342,7 @@ def _check_inputs(
                 "(ModelConfig.max_lookahead == 0)"
             )
         num_la = config.max_lookahead if num_lookahead is None else num_lookahead
-        if not 0 <= num_la <= config.max_lookahead:
-            raise ValueError(
-                f"num_lookahead={num_la} is outside [0, {config.max_lookahead}]: the model's "
-                f"lookahead table has L_max={config.max_lookahead} rows"
-            )
+        check_num_lookahead(num_la, config.max_lookahead)
     elif num_lookahead:
         raise ValueError(f"num_lookahead={num_lookahead} given with method='ar'")
     longest = max(len(p) for p in prompts)

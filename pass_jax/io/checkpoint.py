@@ -9,7 +9,13 @@ A checkpoint directory holds one directory per step (`<dir>/<step>/`), and in it
 
 Saving goes through `ocp.CheckpointManager`: the newest `max_to_keep` steps are kept, arrays are
 written asynchronously, and a step is written to a temporary directory and renamed when complete,
-so an interrupted save never becomes the latest step and never touches an earlier one.
+so an interrupted save never becomes the latest step and never touches an earlier one. Once a
+step is complete, `SEAL` records its files' sizes: a step damaged later (a file truncated or
+deleted) is found without reading its arrays.
+
+Loading from a checkpoint directory uses its newest intact step: a damaged step (its seal does
+not match, or it fails to read) is skipped with a warning naming it, and when none is intact one
+`CheckpointError` lists them all.
 
 Restoring reads one item directory at a time into an abstract target (`jax.ShapeDtypeStruct` per
 leaf, each with an optional sharding, so arrays can be restored straight onto a device mesh),
@@ -22,9 +28,13 @@ problem.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import jax
 import numpy as np
@@ -32,16 +42,25 @@ import orbax.checkpoint as ocp
 from etils import epath
 from flax import nnx
 
+from pass_jax import distributed
 from pass_jax.model import LookaheadParam, Transformer
 
 ARRAY_ITEMS = ("params", "lookahead", "opt_state")
 META = "meta"
+SEAL = "pass_jax_files.json"  # {relative path: size} of a complete step's files
 _MAX_PROBLEMS = 8
 _FILTERS = {"params": nnx.All(nnx.Param, nnx.Not(LookaheadParam)), "lookahead": LookaheadParam}
 
 
+T = TypeVar("T")
+
+
 class CheckpointError(RuntimeError):
     """A checkpoint is missing, corrupt, or does not match what it is restored into."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """A readable checkpoint whose arrays do not match the target (not damage: no fallback)."""
 
 
 def abstract_tree(tree: Any, shardings: Any = None) -> Any:
@@ -83,7 +102,13 @@ def _check_matches(stored: Any, target: Any, where: Path) -> None:
     if problems:
         more = len(problems) - _MAX_PROBLEMS
         shown = problems[:_MAX_PROBLEMS] + ([f"... {more} more"] if more > 0 else [])
-        raise CheckpointError(f"checkpoint {where} does not match: " + "; ".join(shown))
+        raise CheckpointMismatchError(f"checkpoint {where} does not match: " + "; ".join(shown))
+
+
+def _brief(e: Exception) -> str:
+    """An exception's first line, cut short (tensorstore appends its whole spec)."""
+    line = (str(e).splitlines() or [type(e).__name__])[0]
+    return line if len(line) <= 200 else line[:200] + "..."
 
 
 def read_item(item_dir: str | Path, target: Any) -> Any:
@@ -95,12 +120,14 @@ def read_item(item_dir: str | Path, target: Any) -> Any:
     try:
         stored = handler.metadata(epath.Path(item_dir)).tree
     except Exception as e:
-        raise CheckpointError(f"corrupt checkpoint {item_dir}: unreadable metadata ({e})") from e
+        raise CheckpointError(
+            f"corrupt checkpoint {item_dir}: unreadable metadata ({_brief(e)})"
+        ) from e
     _check_matches(stored, target, item_dir)
     try:
         return handler.restore(epath.Path(item_dir), args=ocp.args.StandardRestore(target))
     except Exception as e:
-        raise CheckpointError(f"corrupt checkpoint {item_dir}: {e}") from e
+        raise CheckpointError(f"corrupt checkpoint {item_dir}: {_brief(e)}") from e
 
 
 def read_meta(step_dir: str | Path) -> dict[str, Any]:
@@ -114,15 +141,77 @@ def read_meta(step_dir: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"corrupt checkpoint metadata {path}: {e}") from e
 
 
+def seal_step(path: Path) -> None:
+    """Records the sizes of a complete step directory's files in its `SEAL` (atomically)."""
+    sizes = {
+        str(f.relative_to(path)): f.stat().st_size
+        for f in sorted(path.rglob("*"))
+        if f.is_file() and f.name != SEAL
+    }
+    tmp = path / f"{SEAL}.tmp"
+    tmp.write_text(json.dumps(sizes))
+    os.replace(tmp, path / SEAL)
+
+
+def check_step(path: Path) -> None:
+    """Raises `CheckpointError` when a sealed step lacks a file or part of one, or when a step's
+    metadata is unreadable (an unsealed step, e.g. `io.convert`'s, is only checked by reading)."""
+    seal = path / SEAL
+    if seal.is_file():
+        try:
+            sizes = json.loads(seal.read_text())
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"corrupt checkpoint {path}: unreadable {SEAL} ({e})") from e
+        for name, size in sizes.items():
+            file = path / name
+            if not file.is_file():
+                raise CheckpointError(f"damaged checkpoint {path}: {name} is missing")
+            if file.stat().st_size != size:
+                raise CheckpointError(
+                    f"damaged checkpoint {path}: {name} has {file.stat().st_size} bytes of {size}"
+                )
+    read_meta(path)
+
+
+def finished_steps(directory: Path) -> list[int]:
+    """The steps of a checkpoint directory that finished saving, oldest first."""
+    if not directory.is_dir():
+        return []
+    return sorted(int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir())
+
+
+def read_newest(directory: str | Path, read: Callable[[Path], T]) -> tuple[Path, T]:
+    """The newest step directory of `directory` that passes `check_step` and `read`s without a
+    `CheckpointError`, and what `read` returned; warns naming each damaged step skipped."""
+    directory = Path(directory)
+    damaged = []
+    for step in reversed(finished_steps(directory)):
+        path = directory / str(step)
+        try:
+            check_step(path)
+            result = read(path)
+        except CheckpointMismatchError:
+            raise
+        except CheckpointError as e:
+            damaged.append(str(e))
+            continue
+        for problem in damaged:
+            warnings.warn(f"{problem}; using step {step} instead", stacklevel=2)
+        return path, result
+    if damaged:
+        raise CheckpointError(
+            f"no intact checkpoint at {directory}: " + "; ".join(damaged) + " (remove the "
+            "damaged step directories: training then starts this stage again)"
+        )
+    raise CheckpointError(f"no checkpoint found at {directory}")
+
+
 def step_dir(path: str | Path) -> Path:
-    """A step directory: `path` itself, or the latest finished step of a checkpoint directory."""
+    """A step directory: `path` itself, or the newest intact step of a checkpoint directory."""
     path = Path(path)
     if (path / META).is_dir():
         return path
-    steps = sorted(int(p.name) for p in path.glob("*") if p.name.isdigit()) if path.is_dir() else []
-    if not steps:
-        raise CheckpointError(f"no checkpoint found at {path}")
-    return path / str(steps[-1])
+    return read_newest(path, lambda _: None)[0]
 
 
 def split_params(model: Transformer) -> dict[str, dict[str, Any]]:
@@ -147,14 +236,20 @@ def load_params(
     `path` is a checkpoint directory (latest step) or a step directory. `shardings` optionally
     maps an item name to a tree of shardings for its leaves. Returns the step's metadata.
     """
-    directory = step_dir(path)
-    restored = {
-        name: read_item(directory / name, abstract_tree(pure, (shardings or {}).get(name)))
-        for name, pure in split_params(model).items()
-        if name == "params" or (directory / name).is_dir()  # base-only: keep the model's table
-    }
+    pures = split_params(model)
+
+    def read(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+        restored = {
+            name: read_item(directory / name, abstract_tree(pure, (shardings or {}).get(name)))
+            for name, pure in pures.items()
+            if name == "params" or (directory / name).is_dir()  # base-only: keep the table
+        }
+        return restored, read_meta(directory)
+
+    path = Path(path)
+    restored, meta = read(path) if (path / META).is_dir() else read_newest(path, read)[1]
     assign_params(model, restored)
-    return read_meta(directory)
+    return meta
 
 
 def load_lookahead(model: Transformer, path: str | Path, *, sharding: Any = None) -> None:
@@ -175,15 +270,28 @@ class CheckpointStore:
     """Saves and restores the steps of one checkpoint directory (one training stage)."""
 
     def __init__(self, directory: str | Path, *, max_to_keep: int = 2, async_save: bool = True):
+        if max_to_keep < 1:
+            raise ValueError(f"max_to_keep={max_to_keep}: at least one checkpoint must be kept")
         self.directory = Path(directory).absolute()
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=True
+            max_to_keep=max_to_keep, enable_async_checkpointing=async_save, create=False
         )
         self._manager = ocp.CheckpointManager(self.directory, options=options)
+        self._damaged: list[int] = []  # newer than the step restored; removed at the next save
 
     @property
     def latest_step(self) -> int | None:
+        """The newest finished step (intact or not: `restore` checks)."""
         return self._manager.latest_step()
+
+    def _seal(self) -> None:
+        """Seals the finished steps that are not yet (process 0, after the saves finished)."""
+        self._manager.wait_until_finished()
+        if jax.process_index() != 0:
+            return
+        for step in finished_steps(self.directory):
+            if not (self.directory / str(step) / SEAL).is_file():
+                seal_step(self.directory / str(step))
 
     def save(self, step: int, items: Mapping[str, Any], meta: Mapping[str, Any]) -> None:
         """Starts saving array items (name -> tree) and JSON `meta` as `step` (async)."""
@@ -192,6 +300,14 @@ class CheckpointStore:
             raise ValueError(f"unknown checkpoint items {sorted(unknown)}; items: {ARRAY_ITEMS}")
         args = {name: ocp.args.StandardSave(tree) for name, tree in items.items()}
         args[META] = ocp.args.JsonSave(dict(meta))
+        if self._damaged:
+            if jax.process_index() == 0:
+                for damaged in self._damaged:
+                    shutil.rmtree(self.directory / str(damaged))
+            distributed.barrier("checkpoint-damaged")
+            self._manager.reload()
+            self._damaged = []
+        self._seal()  # the manager's save would wait for the previous one anyway
         self._manager.save(step, args=ocp.args.Composite(**args), force=True)
 
     def restore(
@@ -199,18 +315,23 @@ class CheckpointStore:
     ) -> tuple[dict[str, Any], dict[str, Any]]:
         """Restores the named items into their abstract targets, and the metadata.
 
-        `step` defaults to the latest finished step. Nothing on disk is modified.
+        `step` defaults to the newest intact step (`read_newest`); the damaged steps after it
+        are removed at the next `save`. Nothing on disk is modified here.
         """
-        step = self.latest_step if step is None else step
+
+        def read(directory: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+            items = {name: read_item(directory / name, target) for name, target in targets.items()}
+            return items, read_meta(directory)
+
         if step is None:
-            raise CheckpointError(f"no checkpoint found at {self.directory}")
-        directory = self.directory / str(step)
-        items = {name: read_item(directory / name, target) for name, target in targets.items()}
-        return items, read_meta(directory)
+            path, restored = read_newest(self.directory, read)
+            self._damaged = [s for s in finished_steps(self.directory) if s > int(path.name)]
+            return restored
+        return read(self.directory / str(step))
 
     def wait(self) -> None:
-        """Blocks until pending saves are on disk."""
-        self._manager.wait_until_finished()
+        """Blocks until pending saves are on disk, and seals them."""
+        self._seal()
 
     def close(self) -> None:
         self._manager.close()

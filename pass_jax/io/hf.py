@@ -61,11 +61,26 @@ _IGNORED = re.compile(r"(^|\.)rotary_emb\.inv_freq$")
 # config.json -> ModelConfig
 
 
-def _require(hf: Mapping[str, Any], key: str) -> Any:
+_TYPE_NAMES = {int: "an integer", float: "a number", bool: "a boolean"}
+
+
+def _typed(key: str, value: Any, kind: type) -> Any:
+    """`value` as `kind` (int, float or bool); a `ValueError` naming the field otherwise."""
+    if kind is bool:
+        ok = isinstance(value, bool)
+    else:
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = number and (kind is float or float(value).is_integer())
+    if not ok:
+        raise ValueError(f"HF config field {key!r} is {value!r}: expected {_TYPE_NAMES[kind]}")
+    return kind(value)
+
+
+def _require(hf: Mapping[str, Any], key: str, kind: type = int) -> Any:
     value = hf.get(key)
     if value is None:
         raise ValueError(f"HF config is missing the required field {key!r}")
-    return value
+    return _typed(key, value, kind)
 
 
 def _check_architecture(hf: Mapping[str, Any]) -> None:
@@ -103,7 +118,7 @@ def _check_unsupported_fields(hf: Mapping[str, Any]) -> None:
         if hf.get(key) is not None:
             raise ValueError(f"unsupported {key}={hf[key]!r}")
     partial = hf.get("partial_rotary_factor")
-    if partial is not None and float(partial) != 1.0:
+    if partial is not None and _typed("partial_rotary_factor", partial, float) != 1.0:
         raise ValueError(f"unsupported partial_rotary_factor={partial!r}; only 1.0 is supported")
 
 
@@ -117,10 +132,10 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     if any(isinstance(v, Mapping) for v in params.values()):
         raise ValueError(f"unsupported per-layer-type {source}={params!r}")
     theta = params.get("rope_theta", hf.get("rope_theta", 10000.0))
-    if theta is None or float(theta) <= 0:
+    if theta is None or _typed("rope_theta", theta, float) <= 0:
         raise ValueError(f"unsupported rope_theta={theta!r}")
     partial = params.get("partial_rotary_factor")
-    if partial is not None and float(partial) != 1.0:
+    if partial is not None and _typed(f"{source}.partial_rotary_factor", partial, float) != 1.0:
         raise ValueError(f"unsupported {source}.partial_rotary_factor={partial!r}")
     rope_type = params.get("rope_type", params.get("type", "default"))
     if rope_type == "default":
@@ -129,10 +144,10 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
     def field(name: str) -> Any:
         if params.get(name) is None:
             raise ValueError(f"{source} of type {rope_type!r} is missing {name!r}: {params!r}")
-        return params[name]
+        return _typed(f"{source}.{name}", params[name], float)
 
     if rope_type == "linear":
-        return float(theta), RopeScaling(rope_type="linear", factor=float(field("factor")))
+        return float(theta), RopeScaling(rope_type="linear", factor=field("factor"))
     if rope_type == "llama3":
         # HF precedence: a top-level original_max_position_embeddings wins, then the rope dict,
         # then max_position_embeddings.
@@ -143,10 +158,12 @@ def _rope(hf: Mapping[str, Any]) -> tuple[float, RopeScaling | None]:
             raise ValueError(f"{source} of type 'llama3' needs original_max_position_embeddings")
         scaling = RopeScaling(
             rope_type="llama3",
-            factor=float(field("factor")),
-            low_freq_factor=float(field("low_freq_factor")),
-            high_freq_factor=float(field("high_freq_factor")),
-            original_max_position_embeddings=int(original),
+            factor=field("factor"),
+            low_freq_factor=field("low_freq_factor"),
+            high_freq_factor=field("high_freq_factor"),
+            original_max_position_embeddings=_typed(
+                "original_max_position_embeddings", original, int
+            ),
         )
         return float(theta), scaling
     raise ValueError(
@@ -180,9 +197,9 @@ def config_from_hf(
     _check_architecture(hf_config)
     _check_unsupported_fields(hf_config)
     hf = hf_config
-    d_model = int(_require(hf, "hidden_size"))
-    n_heads = int(_require(hf, "num_attention_heads"))
-    n_kv_heads = int(hf.get("num_key_value_heads") or n_heads)
+    d_model = _require(hf, "hidden_size")
+    n_heads = _require(hf, "num_attention_heads")
+    n_kv_heads = _typed("num_key_value_heads", hf.get("num_key_value_heads") or n_heads, int)
     if n_heads % n_kv_heads:
         raise ValueError(
             f"num_key_value_heads={n_kv_heads} does not divide num_attention_heads={n_heads}"
@@ -195,25 +212,26 @@ def config_from_hf(
                 f"num_attention_heads={n_heads}"
             )
         head_dim = d_model // n_heads
-    if int(head_dim) != head_dim or head_dim <= 0 or head_dim % 2:
+    if _typed("head_dim", head_dim, int) <= 0 or head_dim % 2:
         raise ValueError(f"unsupported head_dim={head_dim!r}; need a positive even integer")
     theta, scaling = _rope(hf)
+    positions = hf.get("max_position_embeddings") or 2048
     if unk_id is None:
         unk = hf.get("unk_token_id")
         unk_id = unk if isinstance(unk, int) and not isinstance(unk, bool) else 0
     return ModelConfig(
-        vocab_size=int(_require(hf, "vocab_size")),
+        vocab_size=_require(hf, "vocab_size"),
         d_model=d_model,
-        n_layers=int(_require(hf, "num_hidden_layers")),
+        n_layers=_require(hf, "num_hidden_layers"),
         n_heads=n_heads,
         n_kv_heads=n_kv_heads,
         head_dim=int(head_dim),
-        d_ff=int(_require(hf, "intermediate_size")),
-        max_seq_len=int(max_seq_len or hf.get("max_position_embeddings") or 2048),
+        d_ff=_require(hf, "intermediate_size"),
+        max_seq_len=int(max_seq_len or _typed("max_position_embeddings", positions, int)),
         rope_theta=theta,
         rope_scaling=scaling,
-        norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-        tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+        norm_eps=_typed("rms_norm_eps", hf.get("rms_norm_eps", 1e-6), float),
+        tie_embeddings=_typed("tie_word_embeddings", hf.get("tie_word_embeddings") or False, bool),
         dtype=dtype,
         param_dtype=param_dtype or dtype,
         scan_layers=scan_layers,

@@ -10,13 +10,21 @@ tensorboard/                 the same scalars for TensorBoard
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
+from typing import Any
 
 from flax import nnx
 
 from pass_jax.config import ModelConfig
 from pass_jax.experiment import ExperimentConfig
-from pass_jax.io.checkpoint import CheckpointError, load_params, read_meta, step_dir
+from pass_jax.io.checkpoint import (
+    CheckpointError,
+    finished_steps,
+    load_params,
+    read_meta,
+    step_dir,
+)
 from pass_jax.model import Transformer, loop_layers
 from pass_jax.tokenizer import MODEL_FILENAME, Tokenizer, load_tokenizer
 
@@ -53,24 +61,54 @@ def experiment_tokenizer(exp: ExperimentConfig, workdir: str | Path | None) -> T
 
 
 def find_checkpoint(exp: ExperimentConfig, workdir: str | Path | None, stage: str | None) -> Path:
-    """The latest step of `stage`, or of the last configured stage that has a checkpoint."""
+    """The newest intact step of `stage`, or of the last configured stage that has one (a stage
+    whose steps are all damaged is skipped with a warning)."""
     if workdir is None:
         raise ValueError("give --workdir or --checkpoint")
     names = [stage] if stage else [s.name for s in reversed(exp.stages)]
+    damaged = []
     for name in names:
         directory = stage_checkpoints(workdir, name)
-        if directory.is_dir():
-            return step_dir(directory)
-    raise CheckpointError(f"no checkpoint of stage(s) {names} under {workdir}/{CHECKPOINTS_DIR}")
+        if not finished_steps(directory):
+            continue
+        try:
+            found = step_dir(directory)
+        except CheckpointError as e:
+            damaged.append(str(e))
+            continue
+        for problem in damaged:
+            warnings.warn(f"{problem}; using stage {name}", stacklevel=2)
+        return found
+    raise CheckpointError(
+        f"no intact checkpoint of stage(s) {names} under {workdir}/{CHECKPOINTS_DIR}"
+        + "".join(f"; {problem}" for problem in damaged)
+    )
 
 
-def load_model(checkpoint: str | Path, *, dtype: str | None = None) -> Transformer:
+def check_tokenizer(meta: dict[str, Any], checkpoint: str | Path, tokenizer: Tokenizer) -> None:
+    """Raises `CheckpointError` when the checkpoint's metadata `meta` records another tokenizer
+    than `tokenizer` (checkpoints that record none pass)."""
+    stored = meta.get("tokenizer")
+    if stored is not None and stored != tokenizer.fingerprint:
+        raise CheckpointError(
+            f"checkpoint {checkpoint} was trained with tokenizer {stored[:12]}, but "
+            f"{tokenizer.path} is tokenizer {tokenizer.fingerprint[:12]}: use the tokenizer it "
+            "was trained with (config.tokenizer.path, or the workdir's tokenizer.model)"
+        )
+
+
+def load_model(
+    checkpoint: str | Path, *, tokenizer: Tokenizer | None = None, dtype: str | None = None
+) -> Transformer:
     """A model built from a checkpoint's stored config, with its weights, laid out for decoding
     (scanned layers looped: `model.loop_layers`); `dtype` overrides the stored compute dtype,
-    and the matmuls then take their operands in it too."""
+    and the matmuls then take their operands in it too. With `tokenizer`, a checkpoint trained
+    with another one is a `CheckpointError` (`check_tokenizer`)."""
     directory = step_dir(checkpoint)
-    stored = read_meta(directory)["model"]
+    meta = read_meta(directory)
+    if tokenizer is not None:
+        check_tokenizer(meta, directory, tokenizer)
     override = {"dtype": dtype, "matmul_dtype": None} if dtype else {}
-    model = Transformer(ModelConfig.from_dict({**stored, **override}), rngs=nnx.Rngs(0))
+    model = Transformer(ModelConfig.from_dict({**meta["model"], **override}), rngs=nnx.Rngs(0))
     load_params(model, directory)
     return loop_layers(model)

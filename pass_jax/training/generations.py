@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+import warnings
 from pathlib import Path
 
 import jax
@@ -71,6 +72,22 @@ def corpus_key(model: Transformer, prompts: np.ndarray, **settings) -> str:
     return digest.hexdigest()
 
 
+def _load_cached(path: Path, shape: tuple[int, int]) -> np.ndarray | None:
+    """The corpus cached at `path`, or None (with a warning naming it) when it is damaged."""
+    try:
+        corpus = np.load(path)
+    except (OSError, ValueError, EOFError) as e:
+        problem = str(e)
+    else:
+        if corpus.shape == shape and corpus.dtype == np.int32:
+            return corpus
+        problem = f"{corpus.dtype} {list(corpus.shape)}, expected int32 {list(shape)}"
+    warnings.warn(
+        f"damaged generations cache {path} ({problem}): generating it again", stacklevel=3
+    )
+    return None
+
+
 def load_or_generate(
     directory: Path,
     model: Transformer,
@@ -81,7 +98,8 @@ def load_or_generate(
     top_k: int,
     seed: int,
 ) -> tuple[np.ndarray, str]:
-    """The cached corpus in `directory` if it matches, else a new one (written atomically).
+    """The cached corpus in `directory` if it matches, else a new one (written atomically; a
+    damaged cache is generated again, with a warning).
 
     Returns:
       (int32 [N, seq_len] sequences, the corpus key).
@@ -91,7 +109,9 @@ def load_or_generate(
     path = directory / CORPUS_FILENAME
     key_path = directory / (CORPUS_FILENAME + ".key")
     if path.is_file() and key_path.is_file() and key_path.read_text() == key:
-        return np.load(path), key
+        cached = _load_cached(path, (len(prompts), seq_len))
+        if cached is not None:
+            return cached, key
     start = time.perf_counter()
     corpus = generate_corpus(model, prompts, **settings)
     print(

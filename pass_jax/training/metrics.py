@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -22,6 +24,19 @@ def _summary_writer(logdir: Path) -> Any:
         except ImportError:
             continue
     return None
+
+
+def read_records(workdir: str | Path) -> list[dict[str, Any]]:
+    """The records of `<workdir>/metrics.jsonl` (none if it does not exist); a line cut short by
+    a crash is left out."""
+    path = Path(workdir) / METRICS_FILE
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        with contextlib.suppress(json.JSONDecodeError):
+            records.append(json.loads(line))
+    return records
 
 
 class MetricsWriter:
@@ -54,6 +69,26 @@ class MetricsWriter:
                 if isinstance(x, int | float) and not isinstance(x, bool):
                     suffix = f"/{i + 1}" if isinstance(value, list) else ""
                     self._tensorboard.add_scalar(f"{stage}/{event}/{key}{suffix}", x, step)
+
+    def drop_after(self, stage: str, step: int) -> None:
+        """Drops `stage`'s records past `step` (written by a run that died after its last
+        checkpoint, which the stage now resumes from) and lines cut short, rewriting the file
+        atomically (a temporary file, then `os.replace`)."""
+        if not self.enabled:
+            return
+        lines = self.path.read_text().splitlines()
+        kept = [
+            json.dumps(r)
+            for r in read_records(self.path.parent)
+            if r.get("stage") != stage or r.get("step", 0) <= step
+        ]
+        if len(kept) == len(lines):
+            return
+        self._file.close()
+        temporary = self.path.with_name(f".{METRICS_FILE}.tmp")
+        temporary.write_text("".join(line + "\n" for line in kept))
+        os.replace(temporary, self.path)
+        self._file = self.path.open("a")
 
     def close(self) -> None:
         if not self.enabled:

@@ -7,8 +7,13 @@ Each stage starts from the latest checkpoint of the stage before it (the first f
 `train.init_from`, `hf_dir`, or a fresh initialisation), or resumes from its own latest checkpoint:
 weights, optimizer state and data position are restored, and the insertion points are drawn
 from the data seed and the step, so the resumed run continues exactly as if never stopped. A
-finished stage is skipped. SIGINT / SIGTERM during training save a checkpoint and raise
-`TrainingInterrupted`.
+finished and evaluated stage is skipped. SIGINT / SIGTERM during training save a checkpoint and
+raise `TrainingInterrupted`; during evaluation they raise it at once, and the rerun evaluates.
+
+Each checkpoint records the tokenizer's fingerprint and what the stage was trained from
+(`stage_inputs`: the previous stage's step and identity, and the config that shapes the stage);
+a stage whose checkpoints were trained from other inputs is a `StaleStageError`, or with
+`train.retrain_stale` trained again from scratch, never reused.
 
 After each stage: held-out LM and lookahead losses (teacher forced), and the acceptance rate
 per lookahead position measured by greedy PaSS decoding of held-out prompts with `generate`,
@@ -26,7 +31,10 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import hashlib
 import itertools
+import json
+import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
@@ -39,6 +47,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pass_jax import distributed, sharding
+from pass_jax.config import ModelConfig
 from pass_jax.data.batches import (
     BatchIterator,
     concat_rows,
@@ -52,6 +61,7 @@ from pass_jax.data.sources import make_source
 from pass_jax.data.tokens import load_token_stream
 from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
 from pass_jax.io.checkpoint import (
+    CheckpointError,
     CheckpointStore,
     abstract_tree,
     assign_params,
@@ -62,6 +72,7 @@ from pass_jax.io.head import save_head
 from pass_jax.io.hf import load_hf_llama
 from pass_jax.io.workdir import (
     TOKENIZER_FILE,
+    check_tokenizer,
     stage_checkpoints,
     stage_generations,
     stage_head,
@@ -70,7 +81,7 @@ from pass_jax.model import Transformer, unk_lookahead_table
 from pass_jax.tokenizer import Tokenizer, load_tokenizer, train_tokenizer
 from pass_jax.training import generations
 from pass_jax.training.evaluation import measure_acceptance
-from pass_jax.training.metrics import MetricsWriter
+from pass_jax.training.metrics import MetricsWriter, read_records
 from pass_jax.training.trainer import Trainer
 
 
@@ -80,6 +91,77 @@ class TrainingInterrupted(Exception):
     def __init__(self, signum: int, stage: str, step: int):
         super().__init__(f"{signal.Signals(signum).name} at stage {stage} step {step}")
         self.signum = signum
+
+
+class StaleStageError(CheckpointError):
+    """A stage's checkpoints were trained from other inputs than the current ones."""
+
+    def __init__(self, stage: str, change: str, directory: Path):
+        super().__init__(
+            f"stage {stage} {change}: delete {directory} to train it again, or rerun with "
+            "--config.train.retrain_stale=true"
+        )
+        self.change = change
+
+
+# DataConfig fields that say where the data is read from or cached, not what it is.
+_DATA_PLACE_FIELDS = ("cache_dir", "tfds_data_dir", "shard_index", "shard_count")
+
+
+def stage_inputs(
+    exp: ExperimentConfig, index: int, model: ModelConfig, previous: dict[str, Any] | None
+) -> dict[str, Any]:
+    """What stage `index` is trained from, as its checkpoints record it (JSON values): `from`,
+    the previous stage's name, step and `stage_identity` (None for the first stage), and the
+    config values that shape it, by name (not its step count: a finished stage given more
+    steps resumes)."""
+    stage = exp.stages[index]
+    values = {
+        f"config.{stage.name}.{k}": v
+        for k, v in dataclasses.asdict(stage).items()
+        if k not in ("name", "steps")
+    }
+    values.update({f"config.model.{k}": v for k, v in model.to_dict().items()})
+    data = dataclasses.asdict(exp.data).items()
+    values.update({f"config.data.{k}": v for k, v in data if k not in _DATA_PLACE_FIELDS})
+    if previous is None:
+        values.update(
+            {
+                "config.seed": exp.seed,
+                "config.hf_dir": exp.hf_dir,
+                "config.train.init_from": exp.train.init_from,
+            }
+        )
+    return json.loads(json.dumps({"from": previous, **values}))
+
+
+def stage_identity(inputs: dict[str, Any]) -> str:
+    """A hash of a stage's `stage_inputs`: the stage after it records it."""
+    return hashlib.sha1(json.dumps(inputs, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _input_change(stored: dict[str, Any] | None, current: dict[str, Any]) -> str | None:
+    """How a stage's recorded `stage_inputs` differ from the current ones, in words (None: they
+    do not)."""
+    if stored is None:
+        return "records no inputs (saved by an older pass-jax)"
+    before, now = stored.get("from"), current["from"]
+    if before != now:
+        if before is None or now is None or before["stage"] != now["stage"]:
+            was, runs = (
+                f"after {s['stage']}" if s else "as the first stage" for s in (before, now)
+            )
+            return f"was trained {was}, now runs {runs}"
+        if before["step"] != now["step"]:
+            return (
+                f"was trained on {before['stage']} step {before['step']}, but "
+                f"{before['stage']} is now at step {now['step']}"
+            )
+        return f"was trained on another {before['stage']} (trained again, or from other inputs)"
+    for key in sorted((stored.keys() | current.keys()) - {"from"}):
+        if stored.get(key) != current.get(key):
+            return f"was trained with {key}={stored.get(key)!r}, now {current.get(key)!r}"
+    return None
 
 
 def prepare_tokenizer(exp: ExperimentConfig, workdir: Path) -> Tokenizer:
@@ -153,16 +235,22 @@ class HeldOut:
 
 
 @contextlib.contextmanager
+def _on_signals(handler: Callable[[int, Any], None]) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM call `handler`; the previous handlers come back after."""
+    previous = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, old in previous.items():
+            signal.signal(s, old)
+
+
+@contextlib.contextmanager
 def _signals_caught() -> Iterator[Callable[[], int | None]]:
     """While active, SIGINT and SIGTERM are recorded instead of acted on; yields a poll."""
     received: list[int] = []
-    catch = (signal.SIGINT, signal.SIGTERM)
-    previous = {s: signal.signal(s, lambda signum, _: received.append(signum)) for s in catch}
-    try:
+    with _on_signals(lambda signum, _: received.append(signum)):
         yield lambda: received[0] if received else None
-    finally:
-        for s, handler in previous.items():
-            signal.signal(s, handler)
 
 
 def load_hf_weights(model: Transformer, hf_dir: str) -> None:
@@ -231,7 +319,8 @@ def _format_eval(stage: str, results: dict[str, Any]) -> str:
 
 
 class StageRunner:
-    """Trains one stage with progress bar, metrics, checkpoints, resume and signal handling."""
+    """Trains one stage with progress bar, metrics, checkpoints, resume and signal handling;
+    `inputs` are the stage's `stage_inputs`."""
 
     def __init__(
         self,
@@ -242,8 +331,10 @@ class StageRunner:
         workdir: Path,
         writer: MetricsWriter,
         mesh: jax.sharding.Mesh,
+        inputs: dict[str, Any],
     ):
         self.exp, self.stage, self.model, self.writer = exp, exp.stages[index], model, writer
+        self.tokenizer, self.inputs = tokenizer, inputs
         self.trainer = Trainer(
             model,
             self.stage,
@@ -254,12 +345,9 @@ class StageRunner:
         self.store = CheckpointStore(
             stage_checkpoints(workdir, self.stage.name), max_to_keep=exp.train.max_to_keep
         )
-        # Built from the weights the stage starts from (its generations depend on them); a
-        # finished stage has none, so it never loads or generates its data again.
-        self.iterator: BatchIterator | None = None
-        if (self.store.latest_step or 0) < self.stage.steps:
-            data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
-            self.iterator = self._make_iterator(data_config, tokenizer, workdir)
+        data_config = dataclasses.replace(host_data(exp.data), seed=exp.data.seed + index)
+        self._data_source = (data_config, tokenizer, workdir)
+        self.iterator: BatchIterator | None = None  # built by `restore`
         self.train_s = 0.0
 
     def _make_iterator(
@@ -302,10 +390,20 @@ class StageRunner:
         return nnx.state(self.trainer.optimizer)
 
     def restore(self) -> bool:
-        """Resumes from this stage's latest checkpoint; False when it has none."""
-        if self.store.latest_step is None:
+        """Resumes from this stage's newest intact checkpoint; False when it has none.
+
+        The data iterator is built first, from the weights the stage starts from (its
+        generations depend on them); a finished stage has none, so it never loads or generates
+        its data again.
+        """
+        restored, meta = None, {"step": 0}
+        if self.store.latest_step is not None:  # into the shardings
+            restored, meta = self.store.restore(abstract_tree(self._items()))
+            self._check_inputs(meta)
+        if meta["step"] < self.stage.steps:
+            self.iterator = self._make_iterator(*self._data_source)
+        if restored is None:
             return False
-        restored, meta = self.store.restore(abstract_tree(self._items()))  # into the shardings
         opt_state = self._optimizer_state()
         nnx.replace_by_pure_dict(opt_state, restored.pop("opt_state"))
         nnx.update(self.trainer.optimizer, opt_state)
@@ -317,6 +415,14 @@ class StageRunner:
         self.train_s = meta["train_s"]
         return True
 
+    def _check_inputs(self, meta: dict[str, Any]) -> None:
+        """Raises when the restored checkpoint was trained with another tokenizer or from other
+        inputs (`StaleStageError`)."""
+        check_tokenizer(meta, self.store.directory / str(meta["step"]), self.tokenizer)
+        change = _input_change(meta.get("inputs"), self.inputs)
+        if change:
+            raise StaleStageError(self.stage.name, change, self.store.directory)
+
     def save(self) -> None:
         self.trainer.sync()
         meta = {
@@ -325,6 +431,8 @@ class StageRunner:
             "data": self.iterator.get_state(),
             "model": self.model.config.to_dict(),
             "train_s": self.train_s,
+            "tokenizer": self.tokenizer.fingerprint,
+            "inputs": self.inputs,
         }
         self.store.save(self.trainer.step, self._items(), meta)
 
@@ -339,6 +447,7 @@ class StageRunner:
         )
         tokens_per_step = self.exp.data.batch_size * self.exp.data.seq_len
         window_start, window_steps = None, 0  # tokens/s excludes the first (compiling) step
+        queued = None  # the step before this one, while it may still run
         with _signals_caught() as stop_signal, bar:
             while self.trainer.step < stage.steps:
                 step_start = time.perf_counter()
@@ -348,6 +457,10 @@ class StageRunner:
                     window_start = time.perf_counter()
                 else:
                     window_steps += 1
+                # At most one step ahead of the device (it stays busy with this one): a signal
+                # stops training within a step, not after every step dispatched ahead of it.
+                jax.block_until_ready(queued)
+                queued = metrics
                 step = self.trainer.step
                 if step % every.log_every == 0 or step == stage.steps:
                     values = {k: np.asarray(v).tolist() for k, v in jax.device_get(metrics).items()}
@@ -375,13 +488,52 @@ class StageRunner:
         self.store.close()
 
 
+def _open_stage(exp: ExperimentConfig, index: int, *args: Any) -> tuple[StageRunner, bool]:
+    """Stage `index`'s runner (`StageRunner(exp, index, *args)`) and whether it resumed from its
+    checkpoints; stale ones are an error, or with `train.retrain_stale` deleted first."""
+    runner = StageRunner(exp, index, *args)
+    try:
+        return runner, runner.restore()
+    except StaleStageError as e:
+        runner.close()
+        if not exp.train.retrain_stale:
+            raise
+        distributed.main_print(f"[{runner.stage.name}] {e.change}: training it again from scratch")
+        if distributed.is_main():
+            shutil.rmtree(runner.store.directory)
+        distributed.barrier(f"retrain {runner.stage.name}")
+    except BaseException:
+        runner.close()
+        raise
+    return _open_stage(exp, index, *args)  # no checkpoints now: starts afresh
+
+
+def _evaluated(workdir: Path, stage: str, step: int) -> bool:
+    """Whether metrics.jsonl holds the evaluation of `stage` at `step`."""
+    return any(
+        (r.get("event"), r.get("stage"), r.get("step")) == ("eval", stage, step)
+        for r in read_records(workdir)
+    )
+
+
+@contextlib.contextmanager
+def _signals_raise(stage: str, step: int) -> Iterator[None]:
+    """While active, SIGINT and SIGTERM raise `TrainingInterrupted` at once."""
+
+    def interrupt(signum: int, _: Any) -> None:
+        raise TrainingInterrupted(signum, stage, step)
+
+    with _on_signals(interrupt):
+        yield
+
+
 def run(
     exp: ExperimentConfig, workdir: str | Path, *, reevaluate: bool = False
 ) -> dict[str, dict[str, Any]]:
     """Runs (or resumes) every stage of `exp` in `workdir`; returns each evaluated stage's results.
 
-    A finished stage is skipped, or with `reevaluate` evaluated again (e.g. after a change to
-    `exp.eval`) without training.
+    A finished stage is evaluated if it was not (its record in metrics.jsonl), else skipped,
+    or with `reevaluate` evaluated again (e.g. after a change to `exp.eval`) without training.
     """
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
@@ -396,24 +548,31 @@ def run(
     if exp.hf_dir:
         load_hf_weights(model, exp.hf_dir)
     if exp.train.init_from:
-        load_params(model, exp.train.init_from)  # into the model's shardings
+        meta = load_params(model, exp.train.init_from)  # into the model's shardings
+        check_tokenizer(meta, exp.train.init_from, tokenizer)
     held_out = HeldOut.build(exp, tokenizer)
     writer = MetricsWriter(workdir, enabled=distributed.is_main())
     results: dict[str, dict[str, Any]] = {}
     table_trained = False
+    previous = None  # the previous stage's name, step and identity
     with contextlib.closing(writer):
         for index, stage in enumerate(exp.stages):
             if index:
                 load_params(model, stage_checkpoints(workdir, exp.stages[index - 1].name))
-            runner = StageRunner(exp, index, model, tokenizer, workdir, writer, mesh)
+            inputs = stage_inputs(exp, index, config, previous)
+            args = (model, tokenizer, workdir, writer, mesh, inputs)
+            runner, resumed = _open_stage(exp, index, *args)
             with contextlib.closing(runner):
-                resumed = runner.restore()
+                step = runner.trainer.step
                 if resumed:
-                    distributed.main_print(f"[{stage.name}] resumed at step {runner.trainer.step}")
+                    distributed.main_print(f"[{stage.name}] resumed at step {step}")
+                writer.drop_after(stage.name, step)  # records of a run killed after this step
                 start = time.perf_counter()
-                finished = runner.trainer.step >= stage.steps
+                finished = step >= stage.steps
+                evaluated = finished and _evaluated(workdir, stage.name, step)
                 if finished:
                     action = "evaluating again" if reevaluate else "skipped"
+                    action = action if evaluated else "not evaluated yet: evaluating"
                     distributed.main_print(
                         f"[{stage.name}] already finished ({stage.steps} steps): {action}"
                     )
@@ -421,14 +580,24 @@ def run(
                     if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
                         reset_lookahead_to_unk(model)
                     runner.train()
+            step = runner.trainer.step
+            previous = {"stage": stage.name, "step": step, "identity": stage_identity(inputs)}
             table_trained = table_trained or stage.trains_table
-            if stage.trains_table and not finished:
-                save_head(model, stage_head(workdir, stage.name), tokenizer=tokenizer)
-            if finished and not reevaluate:
+            head = stage_head(workdir, stage.name)
+            if stage.trains_table and not (finished and head.is_dir()):
+                save_head(model, head, tokenizer=tokenizer)
+            if evaluated and not reevaluate:
                 continue
-            result = evaluate(model, runner.trainer, exp, held_out)
+            try:
+                with _signals_raise(stage.name, step):
+                    result = evaluate(model, runner.trainer, exp, held_out)
+            except TrainingInterrupted:
+                distributed.main_print(
+                    f"interrupted during evaluation of stage {stage.name}; rerun to evaluate it"
+                )
+                raise
             result.update(train_s=runner.train_s, wall_s=time.perf_counter() - start)
-            writer.write("eval", stage.name, runner.trainer.step, result)
+            writer.write("eval", stage.name, step, result)
             distributed.main_print(_format_eval(stage.name, result))
             distributed.main_print(
                 f"[{stage.name}] {runner.train_s:.0f}s in training steps; "
