@@ -9,6 +9,7 @@ from flax import nnx
 
 from pass_jax.config import ModelConfig
 from pass_jax.model import Transformer
+from pass_jax.tools.fault_inject import TINY_RUN
 
 
 def tiny_config(**overrides) -> ModelConfig:
@@ -96,31 +97,13 @@ def chain_model(seed: int, good_drafts: int, attn_scale: float = 0.05, **overrid
 
 # A train.py run of the tiny/quickstart configs in seconds: `--config.KEY=VALUE` overrides.
 TINY_RUN_OVERRIDES = {
-    "model.d_model": 32,
-    "model.n_layers": 2,
-    "model.n_heads": 2,
-    "model.n_kv_heads": 2,
-    "model.head_dim": 16,
-    "model.d_ff": 64,
-    "model.max_seq_len": 128,
-    "tokenizer.vocab_size": 400,
-    "tokenizer.max_train_bytes": 300_000,
-    "data.max_documents": 24,
-    "data.seq_len": 32,
-    "data.batch_size": 4,  # 4 row groups; 3 rows of the joint batch generated
+    **TINY_RUN,  # 4 rows a batch, in 4 row groups; 3 rows of the joint batch generated
     "base.steps": 3,
-    "base.warmup_steps": 1,
     "lookahead.steps": 2,
-    "lookahead.warmup_steps": 1,
     "joint.steps": 2,
     "joint.warmup_steps": 1,
     "joint.generations": 4,
     "joint.generation_prompt_len": 8,
-    "eval.loss_sequences": 4,
-    "eval.num_prompts": 1,
-    "eval.prompt_len": 8,
-    "eval.max_new_tokens": 8,
-    "train.log_every": 1,
 }
 
 

@@ -42,7 +42,8 @@ from pass_jax.io.checkpoint import ARRAY_ITEMS
 from pass_jax.io.workdir import CHECKPOINTS_DIR, METRICS_FILE
 
 STAGES = ("base", "lookahead")
-OVERRIDES = {
+# configs/tiny.py shrunk to a run of seconds (`--config.KEY=VALUE`); the tests use it too.
+TINY_RUN = {
     "model.d_model": 32,
     "model.n_layers": 2,
     "model.n_heads": 2,
@@ -55,7 +56,6 @@ OVERRIDES = {
     "data.max_documents": 24,
     "data.seq_len": 32,
     "data.batch_size": 4,
-    "stages": ",".join(STAGES),
     "base.warmup_steps": 1,
     "lookahead.warmup_steps": 1,
     "eval.loss_sequences": 4,
@@ -63,8 +63,8 @@ OVERRIDES = {
     "eval.prompt_len": 8,
     "eval.max_new_tokens": 8,
     "train.log_every": 1,
-    "train.max_to_keep": 2,
 }
+OVERRIDES = {**TINY_RUN, "stages": ",".join(STAGES), "train.max_to_keep": 2}
 OUTCOMES = ("recovered", "clear", "other")
 _TRAIN = "from pass_jax.cli.train import main; main()"
 
