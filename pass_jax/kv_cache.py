@@ -87,3 +87,14 @@ class KVCache:
         index = jnp.broadcast_to(index, (*block_mask.shape[:2], self.capacity))
         block_visible = jnp.take_along_axis(block_mask, index, axis=2)  # [B, T, S]
         return committed[:, None, :] | (in_block[:, None, :] & block_visible)
+
+    def gather_block(self, order: jax.Array) -> KVCache:
+        """Moves the block entries at offsets order [B, M] (non-decreasing, `order[:, j] >= j`)
+        to offsets 0..M-1 of each row's block, in every layer: a tree's accepted path becomes
+        contiguous before it is committed."""
+        rows = jnp.arange(order.shape[0])[:, None]  # [B, 1]
+        source = self.lengths[:, None] + order  # [B, M]
+        target = self.write_slots(order.shape[1])  # [B, M]
+        k = self.k.at[:, rows, target].set(self.k[:, rows, source])
+        v = self.v.at[:, rows, target].set(self.v[:, rows, source])
+        return self.replace(k=k, v=v)

@@ -188,8 +188,12 @@ def test_bad_input_is_a_clear_error_before_compiling(kwargs, message):
         (dict(max_lookahead=4), dict(num_lookahead=-1), r"num_lookahead=-1 is outside"),
         (dict(max_lookahead=0), dict(num_lookahead=1), "needs a lookahead table"),
         (dict(max_lookahead=0), dict(method="pass_unk"), "needs a lookahead table"),
-        (dict(max_lookahead=4), dict(method="ar", num_lookahead=2), "given with method='ar'"),
-        (dict(max_lookahead=8, max_seq_len=40), dict(num_lookahead=8), r"lookahead window \(8\)"),
+        (dict(max_lookahead=4), dict(method="ar", num_lookahead=2), "method='ar' drafts nothing"),
+        (
+            dict(max_lookahead=8, max_seq_len=40),
+            dict(num_lookahead=8),
+            r"largest call past them \(8\)",
+        ),
     ],
 )
 def test_bad_pass_input_is_a_clear_error_before_compiling(model_kwargs, call, message):

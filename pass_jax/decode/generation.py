@@ -1,12 +1,12 @@
 """`generate`: batched decoding with autoregressive sampling or PaSS, one jitted loop per method.
 
-Methods:
-- `"ar"`: autoregressive decoding, one model call per token.
-- `"pass"`: Parallel Speculative Sampling with the model's trained lookahead table, `num_lookahead`
-  drafts per iteration (default: the table size L_max). `num_lookahead=0` drafts nothing and runs
-  the autoregressive loop.
-- `"pass_unk"`: the paper's "[UNK] lookahead" baseline: PaSS with every lookahead embedding reset
-  to the UNK token's embedding (an untrained table).
+Methods (`methods.METHODS`; see `pass_jax.decode.methods`): `"ar"`, `"pass"` (the paper's two
+calls per iteration), `"pass_unk"` (the untrained-table baseline), `"pass_fused"` and
+`"pass_tree"` (one call per iteration). Every lookahead method takes `num_lookahead` drafts per
+window (default: the table size L_max; 0 decodes autoregressively), optionally several
+candidates per position (`candidates=k`, or an explicit `tree` of paths), and a `draft_rule`:
+`"sampled"` (the paper), `"distinct"` (candidates without replacement) or `"argmax"`
+(deterministic drafts verified as one-hot proposals). Every combination is lossless.
 
 Compilation: prompts are right-padded to a power-of-two bucket (at least 16) and the output
 buffer is sized to a power-of-two bucket of `max_new_tokens` (at least 16), the exact limit being
@@ -40,10 +40,13 @@ from jax.experimental import multihost_utils
 from pass_jax import sharding
 from pass_jax.config import ModelConfig
 from pass_jax.decode import loop
+from pass_jax.decode.methods import METHODS, DecodeMethod
+from pass_jax.decode.tree import DraftTree
+from pass_jax.decode.verify import DRAFT_RULES
 from pass_jax.model import Transformer, unk_lookahead_table
 from pass_jax.sampling import Sampler, SamplingParams, check_integer
 
-METHODS = ("ar", "pass", "pass_unk")
+TreeSpec = Sequence[Sequence[int]]  # draft-tree paths, e.g. ((0,), (1,), (0, 0))
 _MIN_BUCKET = 16
 _EXECUTABLES: dict[Any, Any] = {}
 ArgTree = Any  # a program argument: arrays or `jax.ShapeDtypeStruct`s, or a tree of them
@@ -137,12 +140,11 @@ class DecodePlan:
     """The static shape of a `generate` call: everything its compiled programs depend on besides
     the model and the argument shardings."""
 
-    method: str
-    num_lookahead: int  # drafts per iteration; 0 runs the autoregressive loop
+    method: DecodeMethod
     sampler: Sampler
     batch_size: int
     prompt_block: int  # prompts are right-padded to this many tokens
-    capacity: int  # cache positions per row: bucketed lengths plus the lookahead window
+    capacity: int  # cache positions per row: bucketed lengths plus the largest call's block
     buffer_len: int  # new tokens each row's output buffer holds
 
     @classmethod
@@ -155,20 +157,30 @@ class DecodePlan:
         method: str,
         num_lookahead: int,
         sampler: Sampler,
+        tree: DraftTree | None = None,
+        draft_rule: str = "sampled",
     ) -> DecodePlan:
-        """Buckets the lengths (`bucket`); the cache holds both buckets and the drafts."""
+        """Buckets the lengths (`bucket`); the cache holds both buckets and the largest call.
+        `tree` defaults to a chain of `num_lookahead` drafts."""
+        tree = DraftTree.chain(num_lookahead) if tree is None or not num_lookahead else tree
+        decode_method = DecodeMethod(method, tree, draft_rule)
         capacity = min(
-            config.max_seq_len, bucket(longest_prompt) + bucket(max_new_tokens) + num_lookahead
+            config.max_seq_len,
+            bucket(longest_prompt) + bucket(max_new_tokens) + decode_method.block_len - 1,
         )
         return cls(
-            method=method,
-            num_lookahead=num_lookahead,
+            method=decode_method,
             sampler=sampler,
             batch_size=batch_size,
             prompt_block=min(bucket(longest_prompt), capacity),
             capacity=capacity,
             buffer_len=bucket(max_new_tokens),
         )
+
+    @property
+    def num_lookahead(self) -> int:
+        """Drafts per window; 0 for autoregressive decoding."""
+        return self.method.num_lookahead
 
     def row_inputs(self) -> tuple[jax.ShapeDtypeStruct, ...]:
         """Shapes of the per-row inputs: prompt tokens [B, P], prompt lengths [B], pending
@@ -208,11 +220,7 @@ class DecodePlan:
             loop.decode,
             graphdef,
             (params, cache, pending, keys, sampling_params, *limits),
-            {
-                "sampler": self.sampler,
-                "num_lookahead": self.num_lookahead,
-                "buffer_len": self.buffer_len,
-            },
+            {"method": self.method, "sampler": self.sampler, "buffer_len": self.buffer_len},
             donate=(1,),
         )
 
@@ -224,6 +232,9 @@ def generate(
     max_new_tokens: int,
     method: str = "ar",
     num_lookahead: int | None = None,
+    candidates: int = 1,
+    tree: TreeSpec | None = None,
+    draft_rule: str = "sampled",
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -232,16 +243,23 @@ def generate(
 ) -> GenerationResult:
     """Decodes `max_new_tokens` new tokens (fewer on EOS) after each prompt.
 
-    Rows are independent: each has its own cache length, positions and random stream (from
-    `seed` and the row index), so a row's output does not depend on the rest of the batch.
+    Lookahead methods draft `num_lookahead` positions per window (default L_max), `candidates`
+    per position (the top one continues the chain: `DraftTree.top_k`), or the draft tree
+    `tree` (paths of candidate ranks, Medusa's notation; its depth is the window). Rows are
+    independent: each has its own cache length, positions and random stream (from `seed` and
+    the row index), so a row's output does not depend on the rest of the batch.
     """
     sampler, sampling_params = Sampler.create(temperature, top_k, top_p)
-    num_la = _check_inputs(model, prompts, max_new_tokens, method, num_lookahead, seed, eos_id)
+    draft_tree = _check_inputs(
+        model, prompts, max_new_tokens, method, num_lookahead, candidates, tree, draft_rule, seed,
+        eos_id,
+    )  # fmt: skip
     max_new_tokens, seed = int(max_new_tokens), int(seed)  # NumPy ints too
     lengths = np.array([len(p) for p in prompts], np.int32)
     plan = DecodePlan.create(
-        model.config, len(prompts), int(lengths.max()), max_new_tokens, method, num_la, sampler
-    )
+        model.config, len(prompts), int(lengths.max()), max_new_tokens, method,
+        draft_tree.depth, sampler, draft_tree, draft_rule,
+    )  # fmt: skip
     tokens = np.zeros((plan.batch_size, plan.prompt_block), np.int32)
     for row, prompt in enumerate(prompts):
         tokens[row, : len(prompt)] = prompt
@@ -310,10 +328,13 @@ def _check_inputs(
     max_new_tokens: int,
     method: str,
     num_lookahead: int | None,
+    candidates: int,
+    tree: TreeSpec | None,
+    draft_rule: str,
     seed: int,
     eos_id: int | None,
-) -> int:
-    """Validates a call before anything compiles; returns the number of drafts per iteration."""
+) -> DraftTree:
+    """Validates a call before anything compiles; returns the draft tree (empty for AR)."""
     config = model.config
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; choose one of {METHODS}")
@@ -334,25 +355,69 @@ def _check_inputs(
     check_options(max_new_tokens, num_lookahead, seed, eos_id)
     if eos_id is not None and not 0 <= eos_id < config.vocab_size:
         raise ValueError(f"eos_id {eos_id} outside the vocabulary [0, {config.vocab_size})")
-    num_la = 0
-    if method != "ar":
-        if not model.has_lookahead:
-            raise ValueError(
-                f"method {method!r} needs a lookahead table, but this model has none "
-                "(ModelConfig.max_lookahead == 0)"
-            )
-        num_la = config.max_lookahead if num_lookahead is None else num_lookahead
-        check_num_lookahead(num_la, config.max_lookahead)
-    elif num_lookahead:
-        raise ValueError(f"num_lookahead={num_lookahead} given with method='ar'")
+    draft_tree = _draft_tree(model, method, num_lookahead, candidates, tree, draft_rule)
+    block = DecodeMethod(method, draft_tree, draft_rule).block_len
     longest = max(len(p) for p in prompts)
-    if longest + max_new_tokens + num_la > config.max_seq_len:
+    if longest + max_new_tokens + block - 1 > config.max_seq_len:
         raise ValueError(
             f"the cache cannot hold the longest prompt ({longest} tokens) + max_new_tokens "
-            f"({max_new_tokens}) + the lookahead window ({num_la}) = "
-            f"{longest + max_new_tokens + num_la} positions: max_seq_len is {config.max_seq_len}"
+            f"({max_new_tokens}) + the room of the largest call past them ({block - 1}) = "
+            f"{longest + max_new_tokens + block - 1} positions: max_seq_len is "
+            f"{config.max_seq_len}"
         )
-    return num_la
+    return draft_tree
+
+
+def _draft_tree(
+    model: Transformer,
+    method: str,
+    num_lookahead: int | None,
+    candidates: int,
+    tree: TreeSpec | None,
+    draft_rule: str,
+) -> DraftTree:
+    """The draft tree that the drafting options describe, checked against the model."""
+    config = model.config
+    if check_integer("candidates", candidates) < 1:
+        raise ValueError(f"candidates must be >= 1, got {candidates}")
+    if draft_rule not in DRAFT_RULES:
+        raise ValueError(f"unknown draft_rule {draft_rule!r}; choose one of {DRAFT_RULES}")
+    if method == "ar":
+        if num_lookahead or tree is not None or candidates != 1:
+            raise ValueError("method='ar' drafts nothing: num_lookahead, tree and candidates "
+                             "are options of the lookahead methods")  # fmt: skip
+        return DraftTree()
+    if not model.has_lookahead:
+        raise ValueError(
+            f"method {method!r} needs a lookahead table, but this model has none "
+            "(ModelConfig.max_lookahead == 0)"
+        )
+    if tree is not None:
+        if candidates != 1:
+            raise ValueError("give either candidates or tree, not both")
+        draft_tree = DraftTree.create(tree)
+        if not draft_tree.num_nodes:
+            raise ValueError("tree is empty: give at least one path, e.g. ((0,),)")
+        if num_lookahead is not None and num_lookahead != draft_tree.depth:
+            raise ValueError(
+                f"num_lookahead={num_lookahead} differs from the tree's depth "
+                f"{draft_tree.depth}: a tree drafts one window of its depth"
+            )
+    else:
+        num_la = config.max_lookahead if num_lookahead is None else num_lookahead
+        check_num_lookahead(num_la, config.max_lookahead)
+        draft_tree = DraftTree.top_k(num_la, candidates) if num_la else DraftTree()
+    if draft_tree.depth > config.max_lookahead:
+        raise ValueError(
+            f"the tree is {draft_tree.depth} deep, but the model's lookahead table drafts at "
+            f"most L_max={config.max_lookahead} positions"
+        )
+    if draft_tree.num_candidates > config.vocab_size:
+        raise ValueError(
+            f"{draft_tree.num_candidates} candidates per position exceed the vocabulary "
+            f"({config.vocab_size} tokens)"
+        )
+    return draft_tree
 
 
 _RESULT_FIELDS = ("tokens", "num_new", "row_calls", "calls", "reached", "accepted")
@@ -412,5 +477,5 @@ def _statistics(
         prefill_s=prefill_s,
         compile_s=compile_s,
         tokens_per_s=total_new / decode_s if decode_s > 0 else 0.0,
-        method=plan.method,
+        method=plan.method.name,
     )

@@ -1,19 +1,24 @@
-"""The jitted decoding programs: prefill, and one `lax.while_loop` per decoding method.
+"""The jitted decoding programs: prefill, and one `lax.while_loop` for every method.
 
 Cache convention (ALGORITHMS.md): a row with committed tokens `t_0 .. t_{n-1}` holds the keys and
 values of `t_0 .. t_{n-2}`; `t_{n-1}` is *pending* (sampled, not yet written). Prefill therefore
 commits all prompt tokens but the last, which becomes the first pending token.
+
+Every method is a sequence of `model_call`s (`DecodeMethod.layouts`): each feeds the pending
+token, the draft tree and any lookahead blocks; verifies the tree; commits the accepted path;
+appends the new tokens; and drafts the next tree from the lookahead outputs.
 """
 
 from __future__ import annotations
-
-import functools
 
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
 
 from pass_jax.decode import verify
+from pass_jax.decode.drafting import Drafts
+from pass_jax.decode.methods import DecodeMethod
+from pass_jax.decode.tree import CallLayout
 from pass_jax.kv_cache import KVCache
 from pass_jax.model import Transformer
 from pass_jax.sampling import Sampler, SamplingParams, split_keys
@@ -25,21 +30,17 @@ class DecodeState:
 
     cache: KVCache
     pending: jax.Array  # [B] int32: sampled, KV not yet in the cache
+    drafts: Drafts  # the tree the next verifying call checks
     tokens: jax.Array  # [B, N] int32: new tokens, written left to right
     num_new: jax.Array  # [B] int32: new tokens so far
     done: jax.Array  # [B] bool: EOS produced or max_new tokens reached
     keys: jax.Array  # [B] PRNG keys, one stream per row
     row_calls: jax.Array  # [B] int32: model calls made while the row was active
     calls: jax.Array  # [] int32: model calls made
-    reached: jax.Array  # [B, L] int32: how often draft position i was verified
-    accepted: jax.Array  # [B, L] int32: how often draft position i was accepted
+    reached: jax.Array  # [B, D] int32: how often a draft at depth i was verified
+    accepted: jax.Array  # [B, D] int32: how often a draft at depth i was accepted
     max_new: jax.Array  # [] int32: the call's token limit per row (traced: free to change)
     eos_id: jax.Array  # [] int32: the call's EOS token, -1 for none (traced)
-
-    @property
-    def num_lookahead(self) -> int:
-        """Drafts per PaSS iteration (0 for autoregressive decoding)."""
-        return self.reached.shape[1]
 
 
 def _emit(
@@ -65,71 +66,90 @@ def _emit(
     return state.replace(tokens=tokens, num_new=num_new, done=state.done | (active & finished))
 
 
-def ar_step(
-    model: Transformer, sampler: Sampler, sampling: SamplingParams, state: DecodeState
+def model_call(
+    model: Transformer,
+    method: DecodeMethod,
+    layout: CallLayout,
+    sampler: Sampler,
+    params: SamplingParams,
+    state: DecodeState,
 ) -> DecodeState:
-    """Autoregressive decoding: one call on the pending token, one new token."""
+    """One model call on `layout`: verify the tree, commit, emit, draft the next tree.
+
+    A call runs even when every row is done (and then commits nothing): skipping it with a
+    `lax.cond` would make XLA copy the whole cache on every iteration.
+    """
+    tree = layout.tree
+    arrays, size = tree.arrays, tree.num_nodes + 1
+    batch = state.pending.shape[0]
     active = ~state.done
-    keys, sample_keys = split_keys(state.keys, 2)
-    logits, cache = model(state.pending[:, None], cache=state.cache)  # [B, 1, V]
-    next_token = sampler.choose(sample_keys, logits[:, 0], sampling)  # [B]
-    state = state.replace(
-        cache=cache.commit(active),
-        keys=keys,
-        pending=jnp.where(active, next_token, state.pending),
-        row_calls=state.row_calls + active,
-        calls=state.calls + 1,
+    keys, verify_keys, draft_keys = split_keys(state.keys, 3)
+    valid = state.drafts.valid[:, :size] if tree.num_nodes else jnp.ones((batch, 1), jnp.bool_)
+    node_tokens = state.drafts.tokens[:, :size]
+    tokens, slots, positions, mask = layout.inputs(
+        state.pending, node_tokens, valid, state.cache.lengths
     )
-    return _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active)
+    logits, cache = model(
+        tokens,
+        lookahead_slots=slots if layout.attach else None,
+        positions=positions,
+        block_mask=mask,
+        cache=state.cache,
+    )  # [B, T, V]
+    node_logits = logits[:, :size]
 
-
-def pass_step(
-    model: Transformer, sampler: Sampler, sampling: SamplingParams, state: DecodeState
-) -> DecodeState:
-    """One iteration of PaSS (the paper's Algorithm 1): a draft call, then a verify call."""
-    batch, num_la = state.pending.shape[0], state.num_lookahead
-    active = ~state.done
-    keys, token_keys, draft_keys, verify_keys = split_keys(state.keys, 4)
-
-    # Draft call: [t_{n-1}, LA_1 .. LA_L] -> t_n (exact, kept) and drafts d_1 .. d_L.
-    inputs = jnp.zeros((batch, num_la + 1), jnp.int32).at[:, 0].set(state.pending)
-    slots = jnp.broadcast_to(jnp.arange(-1, num_la, dtype=jnp.int32), (batch, num_la + 1))
-    logits, cache = model(inputs, lookahead_slots=slots, cache=state.cache)  # [B, L+1, V]
-    next_token = sampler.choose(token_keys, logits[:, 0], sampling)  # [B]
-    drafts = sampler.choose(draft_keys, logits[:, 1:], sampling)  # [B, L]
-    draft_probs = None if sampler.greedy else sampler.probabilities(logits[:, 1:], sampling)
-    state = state.replace(
-        cache=cache.commit(active),
-        keys=keys,
-        pending=jnp.where(active, next_token, state.pending),
-        row_calls=state.row_calls + active,
-        calls=state.calls + 1,
-    )
-    state = _emit(state, next_token[:, None], jnp.ones_like(state.num_new), active)
-
-    # Verify call: [t_n, d_1 .. d_L] -> accept a prefix of drafts, then a replacement or bonus.
-    # It runs even when t_n finished every row (and then commits nothing): skipping it with a
-    # `lax.cond` would make XLA copy the whole cache on every iteration.
-    still = active & ~state.done
-    inputs = jnp.concatenate([state.pending[:, None], drafts], axis=1)  # [B, L+1]
-    logits, cache = model(inputs, cache=state.cache)  # [B, L+1, V]
-    if sampler.greedy:
-        accepted, last = verify.verify_greedy(logits, drafts)
+    # Verify: the last accepted node and the next token.
+    if sampler.greedy and tree.is_chain:
+        last, next_token = verify.verify_greedy(node_logits, node_tokens[:, 1:], valid[:, 1:])
+    elif sampler.greedy:
+        last, next_token = verify.verify_tree_greedy(node_logits, node_tokens, valid, arrays)
     else:
-        target_probs = sampler.probabilities(logits, sampling)  # [B, L+1, V]
-        accepted, last = verify.verify_sampled(verify_keys, target_probs, draft_probs, drafts)
-    position = jnp.arange(num_la, dtype=jnp.int32)[None, :]  # [1, L]
-    window = jnp.concatenate([drafts, jnp.zeros_like(drafts[:, :1])], axis=1)  # [B, L+1]
-    window = window.at[jnp.arange(batch), accepted].set(last)
+        p = sampler.probabilities(node_logits, params)  # [B, N+1, V]
+        q = state.drafts.probs if tree.num_nodes else None
+        if tree.is_chain:
+            drafts = node_tokens[:, 1:]
+            last, next_token = verify.verify_sampled(verify_keys, p, q, drafts, valid[:, 1:])
+        else:
+            last, next_token = verify.verify_tree_sampled(
+                verify_keys, p, q, node_tokens, valid, arrays, method.draft_rule
+            )
+    accepted = jnp.asarray(arrays.depth)[last]  # [B]
+    path = jnp.asarray(arrays.path_nodes)[last]  # [B, D+1]: block offsets of the accepted path
+
+    # Commit the accepted path (moved into place when a tree's path is not contiguous).
+    if not tree.is_chain:
+        cache = cache.gather_block(path)
+    cache = cache.commit(jnp.where(active, accepted + 1, 0))
+
+    # The new tokens: the accepted drafts, then the next token.
+    window = jnp.take_along_axis(node_tokens, path, axis=1)[:, 1:]  # [B, D]
+    window = jnp.pad(window, ((0, 0), (0, 1))).at[jnp.arange(batch), accepted].set(next_token)
     state = state.replace(
-        cache=cache.commit(jnp.where(still, accepted + 1, 0)),
-        pending=jnp.where(still, last, state.pending),
-        row_calls=state.row_calls + still,
+        cache=cache,
+        keys=keys,
+        pending=jnp.where(active, next_token, state.pending),
+        row_calls=state.row_calls + active,
         calls=state.calls + 1,
-        reached=state.reached + (still[:, None] & (position <= accepted[:, None])),
-        accepted=state.accepted + (still[:, None] & (position < accepted[:, None])),
     )
-    return _emit(state, window, accepted + 1, still)
+    if tree.num_nodes:
+        depth = jnp.arange(tree.depth, dtype=jnp.int32)[None, :]  # [1, D]
+        child_valid = valid[:, jnp.maximum(jnp.asarray(arrays.children[:, 0]), 0)]
+        has_children = child_valid & (jnp.asarray(arrays.children[:, 0]) >= 0)  # [B, N+1]
+        walked = jnp.take_along_axis(has_children, path[:, :-1], axis=1)  # [B, D]
+        reached = active[:, None] & walked & (depth <= accepted[:, None])
+        state = state.replace(
+            reached=state.reached + reached,
+            accepted=state.accepted + (reached & (depth < accepted[:, None])),
+        )
+    if layout.attach:
+        la_logits, has_drafts = layout.lookahead_logits(logits, valid, last)
+        drafts = method.drafter.propose(draft_keys, sampler, params, la_logits, has_drafts)
+        state = state.replace(drafts=drafts)
+    elif tree.num_nodes:
+        state = state.replace(
+            drafts=state.drafts.replace(valid=state.drafts.valid.at[:, 1:].set(False))
+        )
+    return _emit(state, window, accepted + 1, active)
 
 
 def prefill(
@@ -156,30 +176,37 @@ def decode(
     max_new: jax.Array,  # [] int32
     eos_id: jax.Array,  # [] int32, -1 for none
     *,
+    method: DecodeMethod,
     sampler: Sampler,
-    num_lookahead: int,
     buffer_len: int,
 ) -> DecodeState:
-    """Decodes in one `lax.while_loop` until every row is done: PaSS with `num_lookahead`
-    drafts per iteration, autoregressive for 0."""
+    """Decodes in one `lax.while_loop` until every row is done, one iteration being the calls
+    of `method.layouts`."""
     model = nnx.merge(graphdef, params)
-    batch = pending.shape[0]
+    batch, depth = pending.shape[0], method.tree.depth
+    with_probs = method.drafter.needs_probs(sampler) and depth > 0
     state = DecodeState(
         cache=cache,
         pending=pending,
+        drafts=Drafts.none(method.tree, batch, model.config.vocab_size, with_probs),
         tokens=jnp.zeros((batch, buffer_len), jnp.int32),
         num_new=jnp.zeros((batch,), jnp.int32),
         done=jnp.zeros((batch,), jnp.bool_),
         keys=keys,
         row_calls=jnp.zeros((batch,), jnp.int32),
         calls=jnp.int32(0),
-        reached=jnp.zeros((batch, num_lookahead), jnp.int32),
-        accepted=jnp.zeros((batch, num_lookahead), jnp.int32),
+        reached=jnp.zeros((batch, depth), jnp.int32),
+        accepted=jnp.zeros((batch, depth), jnp.int32),
         max_new=max_new,
         eos_id=eos_id,
     )
-    step = functools.partial(pass_step if num_lookahead else ar_step, model, sampler, sampling)
-    max_calls = 2 * buffer_len + 2  # every call makes progress; a guard, never reached
+    layouts = method.layouts
+    max_calls = len(layouts) * (buffer_len + 1)  # every iteration makes progress; a guard
+
+    def step(state: DecodeState) -> DecodeState:
+        for layout in layouts:
+            state = model_call(model, method, layout, sampler, sampling, state)
+        return state
 
     def cond(state: DecodeState) -> jax.Array:
         return ~jnp.all(state.done) & (state.calls < max_calls)
