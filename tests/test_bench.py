@@ -16,6 +16,7 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
         max_new_tokens=12,
         temperatures=(0.0, 0.8),
         num_lookahead=2,
+        methods=("pass_unk", "pass", "pass_tree"),
         sweep_lookaheads=(1, 2),
         repeats=1,
         cost_block_lens=(1, 2),
@@ -40,7 +41,8 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
         labels = {(r["label"], r["temperature"]) for r in model["records"]}
         assert ("autoregressive", 0.0) in labels and ("[UNK] lookahead, L=2", 0.8) in labels
         assert ("PaSS, L=1", 0.8) in labels and ("PaSS, L=1", 0.0) not in labels  # sweep at 0.8
-        assert set(model["forward_cost_relative"]) == {"1", "2", "3"}
+        # pass: 3-token calls (2 at L=1), pass_tree 9
+        assert set(model["forward_cost_relative"]) == {"1", "2", "3", "9"}
         for record in model["records"]:
             assert record["tau"] >= 1.0
             assert record["tau"] <= record["tau_bound"] + 1e-9
@@ -55,13 +57,26 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
     table = files["markdown"].read_text()
     assert "| PaSS, L=2 |" in table and "### chain" in table and "T=0.8" in table
     assert "PaSS, L=2: 100% identical, 12 tokens agree on average" in table
-    assert "L sweep at T=0.8, and every PaSS figure:" in table
+    assert "L sweep at T=0.8, and every speculative method:" in table
+    assert "| pass_tree, L=2 | 0.0 |" in table and "| 9 |" in table and "| 3+3 |" in table
     # Without T=0.8 no sweep runs, and the table does not announce one.
     results["protocol"]["temperatures"] = (0.0,)
     for model in results["models"].values():
         model["records"] = [r for r in model["records"] if r["temperature"] == 0.0]
     greedy_only = report.markdown(results, machine="test")
-    assert "L sweep" not in greedy_only and "Every PaSS figure:" in greedy_only
+    assert "L sweep" not in greedy_only and "Every speculative method:" in greedy_only
+
+
+def test_method_specs_name_the_options_and_bad_ones_are_errors():
+    method = protocol.Method.parse("pass_tree:3x2:argmax", default_lookahead=4)
+    assert method == protocol.Method("pass_tree", 3, 2, "argmax")
+    assert method.label == "pass_tree, L=3, 2 candidates, argmax drafts"
+    assert method.call_block_lens == [1 + 6 + 7 * 3]
+    assert protocol.Method.parse("pass", 4).call_block_lens == [5, 5]
+    assert protocol.Method.parse("pass_fused:x3", 2) == protocol.Method("pass_fused", 2, 3)
+    for spec in ("beam", "pass:four", "pass:2:greedy"):
+        with pytest.raises(ValueError, match=r"unknown method|bad option"):
+            protocol.Protocol(methods=(spec,))
 
 
 def test_greedy_agreement_counts_the_tokens_before_the_first_difference():

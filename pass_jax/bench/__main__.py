@@ -46,7 +46,13 @@ _LOOKAHEADS = flags.DEFINE_list(
     ["1", "2", "4", "6", "8"],
     "The L sweep: run at T=0.8 when --temperatures includes it; each L+1 joins the cost curve.",
 )
-_NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of the per-temperature table.")
+_NUM_LOOKAHEAD = flags.DEFINE_integer("num_lookahead", 4, "L of methods whose spec names none.")
+_METHODS = flags.DEFINE_list(
+    "methods",
+    list(protocol.Protocol.methods),
+    "Methods beside AR: name[:L][xK][:rule], e.g. pass_tree:2x3:argmax (L drafts per window, K "
+    "candidates per position, argmax/distinct/sampled drafts; argmax variants skip T=0).",
+)
 _DTYPE = flags.DEFINE_enum(
     "dtype", None, DTYPE_NAMES, "Compute dtype, matmul operands too (default: the checkpoint's)."
 )
@@ -78,6 +84,7 @@ def main(argv: list[str]) -> None:
         max_new_tokens=_MAX_NEW.value,
         temperatures=tuple(float(t) for t in _TEMPERATURES.value),
         num_lookahead=_NUM_LOOKAHEAD.value,
+        methods=tuple(_METHODS.value),
         sweep_lookaheads=tuple(int(n) for n in _LOOKAHEADS.value),
         repeats=_REPEATS.value,
     )

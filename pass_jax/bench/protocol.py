@@ -1,7 +1,8 @@
 """The paper's benchmark protocol, measured properly.
 
 For each model (e.g. the frozen-recipe table and the lookahead-aware one) and temperature, the
-methods (autoregressive, "[UNK] lookahead", PaSS at several L) decode the same prompts one
+methods (autoregressive, then `Protocol.methods`: "[UNK] lookahead", PaSS, the one-call methods,
+with candidates or argmax drafts; PaSS's L sweep at one temperature) decode the same prompts one
 sequence at a time (batch 1, as in the paper) to exactly `max_new_tokens` (no EOS), interleaved
 within each repeat so that machine drift hits all of them; the first call of each method compiles
 and is not timed. The cost of a forward on each block length is sampled between the decoded
@@ -12,8 +13,8 @@ speedup = AR time / method time for the same prompts.
 Beside the measured speedup: tau (committed tokens per model call), acceptance by lookahead
 position, the theoretical tau from the draft-1 acceptance (i.i.d. drafts, ALGORITHMS.md), and
 the *projected* speedup, tau divided by the measured relative cost of the calls the method makes
-(every PaSS call feeds L+1 tokens). A measured speedup far below its projection means the loop
-wastes time.
+(the mean of c(n) over the block sizes of one iteration's calls). A measured speedup far below
+its projection means the loop wastes time.
 """
 
 from __future__ import annotations
@@ -27,6 +28,9 @@ import numpy as np
 
 from pass_jax.bench.timing import ForwardTimer
 from pass_jax.decode.generation import GenerationResult, bucket, generate
+from pass_jax.decode.methods import METHODS, DecodeMethod
+from pass_jax.decode.tree import DraftTree
+from pass_jax.decode.verify import DRAFT_RULES
 from pass_jax.model import Transformer
 
 
@@ -37,38 +41,106 @@ class Protocol:
     max_new_tokens: int = 512
     top_k: int = 10
     temperatures: tuple[float, ...] = (0.0, 0.2, 0.5, 0.8)
-    num_lookahead: int = 4  # L for the per-temperature table
-    sweep_lookaheads: tuple[int, ...] = (1, 2, 4, 6, 8)
+    num_lookahead: int = 4  # L of the methods whose spec names none
+    # The methods of the per-temperature table (`Method.parse`); AR always runs first.
+    methods: tuple[str, ...] = ("pass_unk", "pass", "pass_fused", "pass_tree")
+    sweep_lookaheads: tuple[int, ...] = (1, 2, 4, 6, 8)  # PaSS's L sweep
     sweep_temperature: float = 0.8  # the paper's L sweep is at T=0.8
     repeats: int = 3
     seed: int = 0
     cost_block_lens: tuple[int, ...] = (1, 2, 4, 8, 16)
 
+    def __post_init__(self):
+        for spec in self.methods:  # a bad spec is an error before any work
+            Method.parse(spec, self.num_lookahead)
+
 
 @dataclasses.dataclass(frozen=True)
 class Method:
-    name: str  # "ar", "pass_unk" or "pass"
-    num_lookahead: int | None
+    """A decoding method with its options: `name[:L][xK][:rule]`, e.g. "pass_tree:3x2:argmax"
+    (L drafts per window, K candidates per position, the draft rule)."""
+
+    name: str
+    num_lookahead: int | None = None
+    candidates: int = 1
+    draft_rule: str = "sampled"
+
+    @classmethod
+    def parse(cls, spec: str, default_lookahead: int) -> Method:
+        name, *options = spec.split(":")
+        if name not in METHODS:
+            raise ValueError(f"unknown method {name!r} in {spec!r}; methods: {METHODS}")
+        if name == "ar":
+            return cls("ar")
+        num_la, candidates, rule = default_lookahead, 1, "sampled"
+        for option in options:
+            size, _, k = option.partition("x")
+            if option in DRAFT_RULES:
+                rule = option
+            elif (size or k) and (size or "0").isdigit() and (k or "0").isdigit():
+                num_la, candidates = int(size or num_la), int(k or candidates)
+            else:
+                raise ValueError(
+                    f"bad option {option!r} in method {spec!r}: name[:L][xK][:rule], rule one "
+                    f"of {DRAFT_RULES}"
+                )
+        return cls(name, num_la, candidates, rule)
+
+    @property
+    def decode_method(self) -> DecodeMethod:
+        tree = DraftTree.top_k(self.num_lookahead or 0, self.candidates)
+        return DecodeMethod(self.name, tree, self.draft_rule)
 
     @property
     def label(self) -> str:
         if self.name == "ar":
             return "autoregressive"
-        kind = "[UNK] lookahead" if self.name == "pass_unk" else "PaSS"
-        return f"{kind}, L={self.num_lookahead}"
+        kind = {"pass_unk": "[UNK] lookahead", "pass": "PaSS"}.get(self.name, self.name)
+        label = f"{kind}, L={self.num_lookahead}"
+        if self.candidates > 1:
+            label += f", {self.candidates} candidates"
+        return label + (", argmax drafts" if self.draft_rule == "argmax" else "")
+
+    @property
+    def call_block_lens(self) -> list[int]:
+        """Tokens fed by each call of one iteration."""
+        return [layout.block_len for layout in self.decode_method.layouts]
+
+    @property
+    def tau_bound(self) -> float:
+        """Tokens per call when every draft is accepted."""
+        if not self.num_lookahead:
+            return 1.0
+        calls = len(self.call_block_lens)
+        return (self.num_lookahead + calls) / calls
+
+    def options(self) -> dict[str, Any]:
+        """`generate`'s keyword arguments for this method."""
+        if self.name == "ar":
+            return {"method": "ar"}
+        return {
+            "method": self.name,
+            "num_lookahead": self.num_lookahead,
+            "candidates": self.candidates,
+            "draft_rule": self.draft_rule,
+        }
 
 
 def methods_for(protocol: Protocol, temperature: float, max_lookahead: int) -> list[Method]:
-    """The methods measured at one temperature: AR, [UNK], PaSS at L (and the L sweep)."""
-    lookaheads = {min(protocol.num_lookahead, max_lookahead)}
-    if temperature == protocol.sweep_temperature:
-        lookaheads |= {n for n in protocol.sweep_lookaheads if n <= max_lookahead}
+    """The methods measured at one temperature: AR, the protocol's methods (argmax-draft
+    variants only when sampling: greedy drafts are argmax drafts), and PaSS's L sweep."""
     default = min(protocol.num_lookahead, max_lookahead)
-    return [
-        Method("ar", None),
-        Method("pass_unk", default),
-        *(Method("pass", n) for n in sorted(lookaheads)),
-    ]
+    methods = [Method("ar")]
+    for spec in protocol.methods:
+        method = Method.parse(spec, default)
+        if method.draft_rule == "argmax" and temperature == 0.0:
+            continue
+        methods.append(
+            dataclasses.replace(method, draft_rule="sampled") if temperature == 0.0 else method
+        )
+    if temperature == protocol.sweep_temperature:
+        methods += [Method("pass", n) for n in protocol.sweep_lookaheads if n <= max_lookahead]
+    return list(dict.fromkeys(methods))
 
 
 def _decode(
@@ -84,8 +156,7 @@ def _decode(
         model,
         [prompt],
         max_new_tokens=protocol.max_new_tokens,
-        method=method.name,
-        num_lookahead=method.num_lookahead,
+        **method.options(),
         temperature=temperature,
         top_k=protocol.top_k,
         seed=seed,
@@ -142,14 +213,17 @@ def measure_temperature(
                 "method": method.name,
                 "label": method.label,
                 "num_lookahead": method.num_lookahead,
+                "candidates": method.candidates,
+                "draft_rule": method.draft_rule,
                 "temperature": temperature,
                 "seconds_per_sequence": median_s,
                 "seconds_per_repeat": seconds[method],
                 "speedup": ar_seconds / median_s,
                 "tau": tau,
                 "acceptance_by_position": acceptance if method.num_lookahead else [],
-                "tau_theory": _theoretical_tau(acceptance, method.num_lookahead),
-                "tau_bound": (method.num_lookahead + 2) / 2 if method.num_lookahead else 1.0,
+                "tau_theory": _theoretical_tau(acceptance, method),
+                "tau_bound": method.tau_bound,
+                "call_block_lens": method.call_block_lens,
                 "compile_s": compile_s[method],
                 **(_greedy_agreement(matched[method], protocol) if temperature == 0.0 else {}),
             }
@@ -173,13 +247,23 @@ def _greedy_agreement(prefixes: list[int], protocol: Protocol) -> dict[str, floa
     }
 
 
-def _theoretical_tau(acceptance: list[float], num_lookahead: int | None) -> float:
-    """Tokens per call if every draft were accepted i.i.d. at the draft-1 rate: each iteration
-    of two calls yields t_n plus (1 - a^(L+1)) / (1 - a) tokens (ALGORITHMS.md)."""
-    if not num_lookahead:
+def _theoretical_tau(acceptance: list[float], method: Method) -> float:
+    """Tokens per call of a chain if every draft were accepted i.i.d. at the draft-1 rate `a`
+    (docs/algorithms.md): a verifying call yields (1 - a^(L+1)) / (1 - a) tokens; `pass` adds
+    a draftless call (one token) per iteration; `pass_fused` makes a draftless call after every
+    window not wholly accepted; NaN for trees with candidates (no closed form here)."""
+    num_la = method.num_lookahead
+    if not num_la:
         return 1.0
+    if method.candidates > 1:
+        return float("nan")
     a = acceptance[0]
-    verified = num_lookahead + 1 if a >= 1.0 else (1 - a ** (num_lookahead + 1)) / (1 - a)
+    verified = num_la + 1 if a >= 1.0 else (1 - a ** (num_la + 1)) / (1 - a)
+    if method.name == "pass_tree":
+        return verified
+    if method.name == "pass_fused":
+        rejected = 1 - a**num_la  # then a draftless call (one token) comes next
+        return (verified + rejected) / (1 + rejected)
     return (1 + verified) / 2
 
 
@@ -192,13 +276,18 @@ def run(
     for name, model in models.items():
         capacity = bucket(max(len(p) for p in prompts)) + bucket(protocol.max_new_tokens)
         context = len(prompts[0]) + protocol.max_new_tokens // 2
-        lookaheads = {protocol.num_lookahead, *protocol.sweep_lookaheads}
-        block_lens = {1, *protocol.cost_block_lens, *(n + 1 for n in lookaheads)}
+        methods = {
+            m
+            for t in protocol.temperatures
+            for m in methods_for(protocol, t, model.config.max_lookahead)
+        }
+        block_lens = {1, *protocol.cost_block_lens}
+        block_lens |= {n for m in methods for n in m.call_block_lens}
         timer = ForwardTimer(
             model,
             sorted(block_lens),
             context=context,
-            capacity=capacity + max(lookaheads),
+            capacity=capacity + max(block_lens),
         )
         records = [
             record
@@ -211,8 +300,8 @@ def run(
         ar_per_token = statistics.median(r["seconds_per_sequence"] for r in ar)
         ar_per_token /= protocol.max_new_tokens
         for record in records:
-            n = record["num_lookahead"]
-            record["projected_speedup"] = record["tau"] / curve[n + 1] if n else 1.0
+            cost = statistics.fmean(curve[n] for n in record["call_block_lens"])
+            record["projected_speedup"] = record["tau"] / cost
         results["models"][name] = {
             "params_millions": model.config.num_params / 1e6,
             "max_lookahead": model.config.max_lookahead,

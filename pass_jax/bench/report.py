@@ -28,8 +28,16 @@ def machine() -> str:
     return f"CPU: {model}, {os.cpu_count()} cores ({platform.machine()}), no accelerator"
 
 
-def _pass_records(records: list[dict], temperature: float) -> list[dict]:
-    return [r for r in records if r["method"] == "pass" and r["temperature"] == temperature]
+def _chain_records(records: list[dict], temperature: float, method: str = "pass") -> list[dict]:
+    """A method's records at one temperature with one sampled draft per position."""
+    return [
+        r
+        for r in records
+        if r["method"] == method
+        and r["temperature"] == temperature
+        and r["candidates"] == 1
+        and r["draft_rule"] == "sampled"
+    ]
 
 
 def markdown(results: dict[str, Any], machine: str) -> str:
@@ -65,13 +73,13 @@ def markdown(results: dict[str, Any], machine: str) -> str:
             lines.append(f"| {label} | " + " | ".join(cells) + " |")
         lines += [
             "",
-            f"L sweep at T={protocol['sweep_temperature']}, and every PaSS figure:"
+            f"L sweep at T={protocol['sweep_temperature']}, and every speculative method:"
             if protocol["sweep_temperature"] in temps
-            else "Every PaSS figure:",
+            else "Every speculative method:",
             "",
             "| method | T | s/seq | speedup | projected | tau | tau theory | tau bound | "
-            "acceptance by position |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "tokens per call | acceptance by position |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for r in records:
             if r["method"] == "ar":
@@ -80,7 +88,8 @@ def markdown(results: dict[str, Any], machine: str) -> str:
             lines.append(
                 f"| {r['label']} | {r['temperature']} | {r['seconds_per_sequence']:.3f} | "
                 f"{r['speedup']:.2f}x | {r['projected_speedup']:.2f}x | {r['tau']:.2f} | "
-                f"{r['tau_theory']:.2f} | {r['tau_bound']:.1f} | {acceptance} |"
+                f"{r['tau_theory']:.2f} | {r['tau_bound']:.1f} | "
+                f"{'+'.join(str(n) for n in r['call_block_lens'])} | {acceptance} |"
             )
         curve = model["forward_cost_relative"]
         loop = model["ar_loop_efficiency"]
@@ -115,7 +124,7 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     paths = []
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, model in results["models"].items():
-        sweep = _pass_records(model["records"], protocol["sweep_temperature"])
+        sweep = _chain_records(model["records"], protocol["sweep_temperature"])
         lookaheads = [r["num_lookahead"] for r in sweep]
         ax.plot(lookaheads, [r["speedup"] for r in sweep], "o-", label=f"{name}: measured")
         ax.plot(
@@ -129,11 +138,12 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, model in results["models"].items():
-        for method in ("pass", "pass_unk"):
+        for method in ("pass_unk", "pass", "pass_fused", "pass_tree"):
             rows = [
                 r
-                for r in model["records"]
-                if r["method"] == method and r["num_lookahead"] == protocol["num_lookahead"]
+                for t in protocol["temperatures"]
+                for r in _chain_records(model["records"], t, method)
+                if r["num_lookahead"] == protocol["num_lookahead"]
             ]
             if rows:
                 temps = [r["temperature"] for r in rows]
@@ -147,7 +157,7 @@ def plots(results: dict[str, Any], out_dir: Path) -> list[Path]:
     fig, ax = plt.subplots(figsize=(5, 3.5))
     for name, model in results["models"].items():
         for temperature in protocol["temperatures"]:
-            rows = _pass_records(model["records"], temperature)
+            rows = _chain_records(model["records"], temperature)
             if rows:
                 longest = max(rows, key=lambda r: r["num_lookahead"])
                 acceptance = longest["acceptance_by_position"]

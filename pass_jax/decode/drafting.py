@@ -1,22 +1,29 @@
 """Drafters: what proposes the next call's draft tree.
 
-A drafter turns what a model call produced into `Drafts` for the method's static `DraftTree`:
-a token per node, which nodes are valid, and (for sampled drafts) the draft distribution of each
-depth that the verifier needs. `LookaheadDrafter` drafts from the model's own lookahead outputs
-(PaSS); other drafters (an n-gram copy of the context, a draft model) plug in the same way.
+A drafter fills `DecodeState.drafts` for the method's static `DraftTree`: a token per node,
+which nodes are valid, and (for sampled drafts) the draft distribution of each depth that the
+verifier needs. It has two hooks around every model call of the loop (`loop.model_call`):
+`before_call` (e.g. run a draft model, copy n-grams from the context) and `after_call` (e.g.
+read the lookahead outputs, roll a draft model's cache to the accepted length), and may carry
+its own state in `DecodeState.drafter_state`. `LookaheadDrafter` drafts from the model's own
+lookahead outputs (PaSS).
 """
 
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any, Protocol
 
 import jax
 import jax.numpy as jnp
 from flax import struct
 
 from pass_jax import sampling
-from pass_jax.decode.tree import DraftTree
+from pass_jax.decode.tree import CallLayout, DraftTree
 from pass_jax.sampling import Sampler, SamplingParams
+
+if TYPE_CHECKING:
+    from pass_jax.decode.loop import CallResult, DecodeState
 
 
 @struct.dataclass
@@ -38,6 +45,28 @@ class Drafts:
         )
 
 
+class Drafter(Protocol):
+    """Proposes draft trees around each model call (hashable: part of the compiled program)."""
+
+    def needs_probs(self, sampler: Sampler) -> bool:
+        """Whether `Drafts.probs` is carried (verification needs `q`)."""
+
+    def init_state(self, batch: int) -> Any:
+        """The drafter's own loop state (a pytree; None for none)."""
+
+    def before_call(
+        self, layout: CallLayout, keys: jax.Array, sampler: Sampler, params: SamplingParams,
+        state: DecodeState,
+    ) -> DecodeState:  # fmt: skip
+        """Before a model call on `layout`: may set `state.drafts` for it to verify."""
+
+    def after_call(
+        self, layout: CallLayout, keys: jax.Array, sampler: Sampler, params: SamplingParams,
+        state: DecodeState, result: CallResult,
+    ) -> DecodeState:  # fmt: skip
+        """After the call verified and committed: drafts for the next call, if it can."""
+
+
 @dataclasses.dataclass(frozen=True)
 class LookaheadDrafter:
     """Drafts from lookahead outputs: the output at slot `j` is the draft distribution `q_j` of
@@ -50,6 +79,26 @@ class LookaheadDrafter:
     def needs_probs(self, sampler: Sampler) -> bool:
         """Whether verification needs `q` (sampled drafts under sampling)."""
         return not sampler.greedy and self.rule != "argmax"
+
+    def init_state(self, batch: int) -> None:
+        return None
+
+    def before_call(self, layout, keys, sampler, params, state: DecodeState) -> DecodeState:
+        return state
+
+    def after_call(
+        self, layout: CallLayout, keys: jax.Array, sampler: Sampler, params: SamplingParams,
+        state: DecodeState, result: CallResult,
+    ) -> DecodeState:  # fmt: skip
+        """Drafts from the lookahead block after the last accepted node; a call without
+        lookahead blocks consumes the drafts (the next call is draftless until one drafts)."""
+        if layout.attach:
+            logits, has_drafts = layout.lookahead_logits(result.logits, result.valid, result.last)
+            return state.replace(drafts=self.propose(keys, sampler, params, logits, has_drafts))
+        if layout.tree.num_nodes:
+            valid = state.drafts.valid.at[:, 1:].set(False)
+            return state.replace(drafts=state.drafts.replace(valid=valid))
+        return state
 
     def propose(
         self,

@@ -11,6 +11,8 @@ appends the new tokens; and drafts the next tree from the lookahead outputs.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 from flax import nnx, struct
@@ -41,6 +43,18 @@ class DecodeState:
     accepted: jax.Array  # [B, D] int32: how often a draft at depth i was accepted
     max_new: jax.Array  # [] int32: the call's token limit per row (traced: free to change)
     eos_id: jax.Array  # [] int32: the call's EOS token, -1 for none (traced)
+    drafter_state: Any  # whatever the method's drafter carries (None for lookahead drafting)
+
+
+@struct.dataclass
+class CallResult:
+    """What one model call verified, for the drafter to draft the next tree from."""
+
+    logits: jax.Array  # [B, T, V]: every output of the call (lookahead blocks included)
+    valid: jax.Array  # [B, N+1]: the tree nodes the call verified
+    last: jax.Array  # [B]: the deepest accepted node
+    accepted: jax.Array  # [B]: accepted drafts (the depth of `last`)
+    active: jax.Array  # [B]: rows that were decoding during the call
 
 
 def _emit(
@@ -84,6 +98,8 @@ def model_call(
     batch = state.pending.shape[0]
     active = ~state.done
     keys, verify_keys, draft_keys = split_keys(state.keys, 3)
+    drafter = method.drafter
+    state = drafter.before_call(layout, draft_keys, sampler, params, state)
     valid = state.drafts.valid[:, :size] if tree.num_nodes else jnp.ones((batch, 1), jnp.bool_)
     node_tokens = state.drafts.tokens[:, :size]
     tokens, slots, positions, mask = layout.inputs(
@@ -141,14 +157,8 @@ def model_call(
             reached=state.reached + reached,
             accepted=state.accepted + (reached & (depth < accepted[:, None])),
         )
-    if layout.attach:
-        la_logits, has_drafts = layout.lookahead_logits(logits, valid, last)
-        drafts = method.drafter.propose(draft_keys, sampler, params, la_logits, has_drafts)
-        state = state.replace(drafts=drafts)
-    elif tree.num_nodes:
-        state = state.replace(
-            drafts=state.drafts.replace(valid=state.drafts.valid.at[:, 1:].set(False))
-        )
+    result = CallResult(logits=logits, valid=valid, last=last, accepted=accepted, active=active)
+    state = drafter.after_call(layout, draft_keys, sampler, params, state, result)
     return _emit(state, window, accepted + 1, active)
 
 
@@ -199,6 +209,7 @@ def decode(
         accepted=jnp.zeros((batch, depth), jnp.int32),
         max_new=max_new,
         eos_id=eos_id,
+        drafter_state=method.drafter.init_state(batch),
     )
     layouts = method.layouts
     max_calls = len(layouts) * (buffer_len + 1)  # every iteration makes progress; a guard
