@@ -211,7 +211,9 @@ def abstract_train_state(
 def train_report(
     config: ModelConfig, stage: StageConfig, mesh: Mesh, *, batch_size: int, seq_len: int
 ) -> TrainReport:
-    """Compiles `stage`'s train step on batches [batch_size, seq_len] (the global batch)."""
+    """Compiles `stage`'s train step on batches [batch_size, seq_len] (the global batch), on
+    the stage's model (`config` with its adapters in the `adapters` stage only)."""
+    config = stage.model_config(config)
     graphdef, state, shardings = abstract_train_state(config, stage, mesh)
     batch_shape = (batch_size, seq_len)
     batch = jax.ShapeDtypeStruct(
@@ -269,8 +271,9 @@ def decode_report(
     cache = _with_shardings(prefill.out_info, prefill.output_shardings)
     # The traced scalars (sampling parameters, max_new_tokens, EOS id) stay concrete.
     decode = plan.decode(
-        graphdef, params, cache, pending, keys, sampling_params, max_new_tokens, eos_id=None
-    )
+        graphdef, params, cache, pending, keys, sampling_params, max_new_tokens, None, tokens,
+        lengths,
+    )  # fmt: skip
     _, decode_memory = _measure("decode", decode.lower)
     return DecodeReport(
         mesh=dict(mesh.shape),

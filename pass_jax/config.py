@@ -13,6 +13,10 @@ from pass_jax.matmul import resolve_matmul_dtype
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 DTYPE_NAMES = tuple(_DTYPES)  # the dtypes a ModelConfig (and every --dtype flag) accepts
 _ROPE_TYPES = ("default", "linear", "llama3")
+# The projections a lookahead adapter can adapt (attention, then MLP), and its gates.
+ADAPTER_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
+ADAPTER_GATES = ("lookahead", "per_slot")
+ADAPTER_FIELDS = ("adapter_rank", "adapter_targets", "adapter_gate")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +53,12 @@ class ModelConfig:
     with AVX512-BF16 (README). "auto" is "bfloat16" on a float32 model where the hardware
     multiplies bfloat16 natively, else None; the config keeps "auto" (a checkpoint resolves it
     on the machine that loads it) and `operand_dtype` resolves it, once per process.
+
+    Lookahead adapters (`adapter_rank > 0`): each projection named in `adapter_targets` (of
+    `ADAPTER_TARGETS`) computes `x W + g * (x A) B` with `A [d_in, r]`, `B [r, d_out]` (zero
+    at first) and `g = 0` at token positions, so token positions compute exactly the base
+    model's function. `adapter_gate` sets `g` at lookahead slots: `"lookahead"` 1 at every slot,
+    `"per_slot"` a trained scale per layer, projection and table row (1 at first).
     """
 
     vocab_size: int = 32000
@@ -70,6 +80,9 @@ class ModelConfig:
     remat: bool = False
     max_lookahead: int = 8
     unk_id: int = 0
+    adapter_rank: int = 0
+    adapter_targets: tuple[str, ...] = ADAPTER_TARGETS
+    adapter_gate: str = "lookahead"
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim")
@@ -101,6 +114,36 @@ class ModelConfig:
             raise ValueError(f"max_lookahead must be >= 0, got {self.max_lookahead}")
         if not 0 <= self.unk_id < self.vocab_size:
             raise ValueError(f"unk_id {self.unk_id} outside the vocabulary [0, {self.vocab_size})")
+        self._check_adapters()
+
+    def _check_adapters(self) -> None:
+        targets = self.adapter_targets
+        if isinstance(targets, str) or not all(isinstance(t, str) for t in targets):
+            raise ValueError(
+                f"ModelConfig.adapter_targets={targets!r} must be a sequence of names from "
+                f"{ADAPTER_TARGETS}"
+            )
+        object.__setattr__(self, "adapter_targets", tuple(targets))  # a list from JSON
+        unknown = [t for t in targets if t not in ADAPTER_TARGETS]
+        if unknown or len(set(targets)) != len(targets):
+            raise ValueError(
+                f"ModelConfig.adapter_targets={tuple(targets)}: "
+                + (f"unknown {unknown}" if unknown else "a name repeats")
+                + f"; choose among {ADAPTER_TARGETS}"
+            )
+        if self.adapter_gate not in ADAPTER_GATES:
+            raise ValueError(
+                f"ModelConfig.adapter_gate={self.adapter_gate!r}; choose one of {ADAPTER_GATES}"
+            )
+        if self.adapter_rank < 0:
+            raise ValueError(f"adapter_rank must be >= 0 (0: no adapters), got {self.adapter_rank}")
+        if self.adapter_rank and not targets:
+            raise ValueError("adapter_rank > 0 needs at least one name in adapter_targets")
+        if self.adapter_rank and not self.max_lookahead:
+            raise ValueError(
+                "lookahead adapters act at lookahead slots only: adapter_rank > 0 needs "
+                "max_lookahead >= 1"
+            )
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -116,14 +159,35 @@ class ModelConfig:
         return jnp.dtype(_DTYPES[self.param_dtype])
 
     @property
+    def adapter_shapes(self) -> dict[str, tuple[int, int]]:
+        """(d_in, d_out) of each adapted projection, by name (empty without adapters)."""
+        if not self.adapter_rank:
+            return {}
+        d, f = self.d_model, self.d_ff
+        q, kv = self.n_heads * self.head_dim, self.n_kv_heads * self.head_dim
+        shapes = dict(wq=(d, q), wk=(d, kv), wv=(d, kv), wo=(q, d), w_gate=(d, f), w_up=(d, f))
+        shapes["w_down"] = (f, d)
+        return {name: shapes[name] for name in self.adapter_targets}
+
+    @property
+    def num_head_params(self) -> int:
+        """Parameters of the PaSS head: the lookahead table and the adapters."""
+        per_layer = sum(
+            self.adapter_rank * (d_in + d_out)
+            + (self.max_lookahead if self.adapter_gate == "per_slot" else 0)
+            for d_in, d_out in self.adapter_shapes.values()
+        )
+        return self.d_model * self.max_lookahead + self.n_layers * per_layer
+
+    @property
     def num_params(self) -> int:
-        """Parameter count, lookahead table included."""
+        """Parameter count, the PaSS head (lookahead table and adapters) included."""
         attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.d_model * self.d_ff
         block = attn + mlp + 2 * self.d_model
         head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
         embed = self.vocab_size * self.d_model
-        return embed + head + self.n_layers * block + self.d_model * (1 + self.max_lookahead)
+        return embed + head + self.n_layers * block + self.d_model + self.num_head_params
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:

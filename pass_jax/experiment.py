@@ -11,8 +11,8 @@ Layout (see `configs/tiny.py`):
     tokenizer                path (an existing tokenizer) or vocab_size + max_train_bytes
                              to train one on the data's train split (stage 0)
     data                     pass_jax.data DataConfig fields (source, seq_len, batch_size, seed, ..)
-    stages                   comma-separated stages to run, in order: base, lookahead, joint
-    base, lookahead, joint   StageConfig fields of each stage
+    stages                   comma-separated stages to run, in order (`STAGES`)
+    base, lookahead, ..      StageConfig fields of each stage
     train                    TrainConfig: logging, checkpointing, initial weights
     eval                     EvalConfig: held-out loss and acceptance measurement
     mesh                     MeshConfig: device meshes for training and decoding (optional)
@@ -39,8 +39,8 @@ from pass_jax.data.config import DataConfig
 
 # This module is what config files import: it imports nothing heavy (no model, optax, losses or
 # grain), so it owns the names those modules check against.
-STAGES = ("base", "lookahead", "distill", "joint")
-TABLE_ONLY_STAGES = ("lookahead", "distill")
+STAGES = ("base", "lookahead", "distill", "adapters", "joint")
+FROZEN_BASE_STAGES = ("lookahead", "distill", "adapters")  # they train the PaSS head alone
 LOOKAHEAD_LOSSES = ("ce", "kl")  # cross-entropy to the data, KL to the model's own outputs
 MESH_AXES = ("data", "fsdp", "tensor")  # the device mesh's axis names (`pass_jax.sharding`)
 
@@ -58,6 +58,12 @@ class StageConfig:
       corpus prompts of `generation_prompt_len` tokens (greedy at `generation_temperature` 0,
       else sampled with top-k 10), generated at the start of the stage
       (`pass_jax.training.generations`): the table learns to draft what the model writes.
+    - `adapters`: base frozen, the table and the lookahead adapters (`config.model.adapter_*`,
+      acting at lookahead slots only) trained on the lookahead loss, on `generation_share` of
+      each batch's rows the model's own continuations (generated as for `distill`; the other
+      rows from the corpus). The model's outputs at token positions stay exactly the base's.
+      Only this stage's model has the adapters; the stages after it start from its base and
+      table.
     - `joint`: a fine-tune of an existing base with LM loss + weight * lookahead loss, all
       weights trained (changes the base model; decoding stays lossless). With
       `generation_share > 0`, that share of each batch's rows are the model's own
@@ -102,7 +108,7 @@ class StageConfig:
             raise ValueError(f"stage {self.name}: warmup_steps must be in [0, steps)")
         if self.lookahead_weight < 0 or self.num_insertions < 1:
             raise ValueError(f"stage {self.name}: need lookahead_weight >= 0, num_insertions >= 1")
-        if self.name in TABLE_ONLY_STAGES and self.lookahead_weight <= 0:
+        if self.name in FROZEN_BASE_STAGES and self.lookahead_weight <= 0:
             raise ValueError(
                 f"stage {self.name} trains on the lookahead loss: lookahead_weight > 0"
             )
@@ -115,15 +121,17 @@ class StageConfig:
                 f"stage {self.name}: need generations >= 1, generation_prompt_len >= 1 and "
                 "generation_temperature >= 0"
             )
-        if not 0 <= self.generation_share < 1:
+        share, whole = self.generation_share, self.name == "adapters"  # joint needs corpus rows
+        if not (0 <= share <= 1 if whole else 0 <= share < 1):
+            interval = "[0, 1]" if whole else "[0, 1)"
             raise ValueError(
-                f"stage {self.name}: generation_share must be in [0, 1), got "
+                f"stage {self.name}: generation_share must be in {interval}, got "
                 f"{self.generation_share}"
             )
-        if self.generation_share and self.name != "joint":
+        if self.generation_share and self.name not in ("joint", "adapters"):
             raise ValueError(
-                f"stage {self.name}: generation_share is a `joint` option (`distill` trains on "
-                "generations alone; `base` and `lookahead` on the corpus)"
+                f"stage {self.name}: generation_share is a `joint` and `adapters` option "
+                "(`distill` trains on generations alone; `base` and `lookahead` on the corpus)"
             )
         if self.lookahead_loss not in LOOKAHEAD_LOSSES:
             raise ValueError(
@@ -140,15 +148,24 @@ class StageConfig:
 
     @property
     def trains_base(self) -> bool:
-        return self.name not in TABLE_ONLY_STAGES
+        return self.name not in FROZEN_BASE_STAGES
 
     @property
     def trains_table(self) -> bool:
         return self.lookahead_weight > 0
 
     @property
+    def trains_adapters(self) -> bool:
+        return self.name == "adapters"
+
+    @property
     def lm_weight(self) -> float:
-        return 0.0 if self.name in TABLE_ONLY_STAGES else 1.0
+        return 0.0 if self.name in FROZEN_BASE_STAGES else 1.0
+
+    def model_config(self, model: ModelConfig) -> ModelConfig:
+        """The model this stage trains: `model` with its lookahead adapters in the `adapters`
+        stage, without them (rank 0) in the others."""
+        return model if self.trains_adapters else model.replace(adapter_rank=0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -270,6 +287,11 @@ class ExperimentConfig:
                 f"stage(s) {table} train the lookahead table: config.model.max_lookahead must "
                 f"be >= 1, got {model.max_lookahead}"
             )
+        if any(stage.trains_adapters for stage in self.stages) and model.adapter_rank < 1:
+            raise ValueError(
+                "stage adapters trains lookahead adapters: set config.model.adapter_rank >= 1 "
+                "(and adapter_targets, adapter_gate)"
+            )
         positions = self.eval.prompt_len + int(self.data.add_bos) + self.eval.max_new_tokens
         if self.eval.num_prompts and positions + model.max_lookahead > model.max_seq_len:
             raise ValueError(
@@ -376,8 +398,10 @@ _TABLE_RECIPE = dict(
 )  # fmt: skip
 
 # Stage defaults of `default_config`: language-model pretraining for `base`, the paper's recipe
-# for the frozen-base tables, a lookahead-aware fine-tune (distilling the model into its
-# lookahead outputs) for `joint`.
+# for the frozen-base tables, table and adapters distilled (KL) from the model's own greedy
+# continuations for `adapters` (a LoRA-like rate: adapters start at zero, the table from the
+# stage before), a lookahead-aware fine-tune (distilling the model into its lookahead outputs)
+# for `joint`.
 _STAGE_DEFAULTS = {
     "base": dict(
         steps=1000, learning_rate=3e-3, warmup_steps=50, end_lr_ratio=0.1, weight_decay=0.1,
@@ -385,6 +409,11 @@ _STAGE_DEFAULTS = {
     ),
     "lookahead": _TABLE_RECIPE,
     "distill": _TABLE_RECIPE,
+    "adapters": dict(
+        steps=300, learning_rate=1e-3, warmup_steps=20, end_lr_ratio=0.0, weight_decay=0.0,
+        lookahead_weight=1.0, num_insertions=8, lookahead_loss="kl", generations=256,
+        generation_share=1.0,
+    ),
     "joint": dict(
         steps=150, learning_rate=1e-3, warmup_steps=10, end_lr_ratio=0.1, weight_decay=0.1,
         lookahead_weight=1.0, num_insertions=8, lookahead_loss="kl",

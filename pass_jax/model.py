@@ -4,6 +4,10 @@ Each input position holds either a token id or a lookahead slot (`lookahead_slot
 so PaSS can feed `[t, LA_1 .. LA_L]` in one call. Rotary embeddings follow the HF convention
 (rotate-half), so HF LLaMA weights load without permutation.
 
+With `ModelConfig.adapter_rank > 0` the chosen projections carry lookahead adapters: a low-rank
+term added only at lookahead slots (`Adapter`), so token positions compute exactly the base
+model's function. The table and the adapters are the PaSS head (`HEAD_PARAMS`).
+
 Every parameter carries `logical_axes` metadata, the names that `pass_jax.sharding` maps onto a
 device mesh.
 """
@@ -11,22 +15,32 @@ device mesh.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from pass_jax.config import ModelConfig, RopeScaling
+from pass_jax.config import ADAPTER_TARGETS, ModelConfig, RopeScaling
 from pass_jax.kv_cache import KVCache
 from pass_jax.matmul import contract
-from pass_jax.sharding import HIDDEN, LOGITS, constrain
+from pass_jax.sharding import HIDDEN, LOGITS, constrain, mesh_of, param_shardings
 
 _MASKED = -1e30
 
 
 class LookaheadParam(nnx.Param):
     """The PaSS lookahead table `[L_max, d_model]`: the only weights the paper's recipe trains."""
+
+
+class AdapterParam(nnx.Param):
+    """A lookahead adapter weight (`Adapter`): trained with the table, the base frozen."""
+
+
+# The PaSS head's weights, the base's complement: the lookahead table and the adapters.
+HEAD_PARAMS = nnx.Any(LookaheadParam, AdapterParam)
 
 
 def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float, dtype: jnp.dtype) -> jax.Array:
@@ -140,12 +154,97 @@ def attend(
     return out.reshape(batch, block_len, n_heads, head_dim)
 
 
-def _project(spec: str, x: jax.Array, weight: nnx.Param, module: nnx.Module) -> jax.Array:
-    """`einsum(spec, x, weight)` in the module's compute dtype, operands rounded as it says."""
-    return contract(spec, x, weight[...].astype(module.dtype), module.operand_dtype)
+class Adapter(nnx.Module):
+    """The gated low-rank term of one projection `y = einsum(spec, x, W)`: `(x A) B`, added to
+    `y` at lookahead slots only.
+
+    `A` [*in, r] (normal, std d_in^-1/2) and `B` [r, *out] (zero at first: the model's function
+    is unchanged) take the logical axes of the dimensions of `W` they replace, `r` named
+    `adapter_rank`; with the `per_slot` gate, `slot_scale` [L_max] (1 at first) scales the term
+    per table row.
+    """
+
+    def __init__(
+        self, spec: str, weight: nnx.Param, config: ModelConfig, rngs: nnx.Rngs, stack: int | None
+    ):
+        inputs, out = spec.split("->")
+        x_axes, w_axes = inputs.split(",")
+        lead = "".join(c for c in x_axes if c not in w_axes)  # the kept axes: "bt"
+        w_in = "".join(c for c in w_axes if c in x_axes)  # contracted: "d"
+        w_out = "".join(c for c in w_axes if c in out)  # produced: "hk"
+        self.specs = (f"{x_axes},{w_in}r->{lead}r", f"{lead}r,r{w_out}->{out}")
+        skip = int(stack is not None)  # the layer axis
+        dims = dict(zip(w_axes, weight.shape[skip:], strict=True))
+        names = dict(zip(w_axes, weight.get_metadata()["logical_axes"][skip:], strict=True))
+        rank = config.adapter_rank
+
+        def param(letters: str, std: float | None, rank_first: bool) -> AdapterParam:
+            shape, axes = (dims[c] for c in letters), (names[c] for c in letters)
+            shape, axes = (
+                ((rank, *shape), ("adapter_rank", *axes))
+                if rank_first
+                else ((*shape, rank), (*axes, "adapter_rank"))
+            )
+            shape, axes = _stacked(stack, shape, axes)
+            if std is None:
+                return AdapterParam(jnp.zeros(shape, config.weight_dtype), logical_axes=axes)
+            return AdapterParam(_normal(rngs, shape, std, config.weight_dtype), logical_axes=axes)
+
+        self.a = param(w_in, math.prod(dims[c] for c in w_in) ** -0.5, rank_first=False)
+        self.b = param(w_out, None, rank_first=True)
+        if config.adapter_gate == "per_slot":
+            shape, axes = _stacked(stack, (config.max_lookahead,), (None,))
+            self.slot_scale = AdapterParam(jnp.ones(shape, config.weight_dtype), logical_axes=axes)
+        self.dtype, self.operand_dtype = config.compute_dtype, config.operand_dtype
+
+    def __call__(self, x: jax.Array, y: jax.Array, slots: jax.Array) -> jax.Array:
+        """`y` [B, T, *out] plus the term where `slots` [B, T] >= 0; elsewhere `y` itself,
+        bit for bit."""
+        a, b = (w[...].astype(self.dtype) for w in (self.a, self.b))
+        low = contract(self.specs[0], x, a, self.operand_dtype)  # [B, T, r]
+        delta = contract(self.specs[1], low, b, self.operand_dtype)  # like y
+        expand = (slice(None), slice(None), *([None] * (y.ndim - 2)))
+        if hasattr(self, "slot_scale"):
+            scale = self.slot_scale[...].astype(self.dtype)
+            delta = delta * jnp.take(scale, jnp.clip(slots, 0, scale.shape[0] - 1))[expand]
+        return jnp.where((slots >= 0)[expand], y + delta, y)
 
 
-class Attention(nnx.Module):
+class Projections(nnx.Module):
+    """A module's projection weights (`SPECS`: name -> einsum spec), each with an optional
+    lookahead adapter."""
+
+    SPECS: ClassVar[dict[str, str]]
+
+    def set_adapters(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None) -> None:
+        """Fresh adapters on the projections `config` names (none with `adapter_rank == 0`)."""
+        targets = [name for name in self.SPECS if name in config.adapter_targets]
+        if hasattr(self, "adapters"):
+            del self.adapters
+        if config.adapter_rank and targets:
+            self.adapters = nnx.Dict(
+                {n: Adapter(self.SPECS[n], getattr(self, n), config, rngs, stack) for n in targets}
+            )
+
+    def project(self, name: str, x: jax.Array, slots: jax.Array | None) -> jax.Array:
+        """`einsum(SPECS[name], x, W)` in the compute dtype, operands rounded as configured,
+        plus the projection's adapter term at lookahead slots (`slots` [B, T], None: none)."""
+        weight = getattr(self, name)[...].astype(self.dtype)
+        y = contract(self.SPECS[name], x, weight, self.operand_dtype)
+        adapters = getattr(self, "adapters", None)
+        if slots is None or adapters is None or name not in adapters:
+            return y
+        return adapters[name](x, y, slots)
+
+
+class Attention(Projections):
+    SPECS: ClassVar[dict[str, str]] = {
+        "wq": "btd,dhk->bthk",
+        "wk": "btd,dhk->bthk",
+        "wv": "btd,dhk->bthk",
+        "wo": "bthk,hkd->btd",
+    }
+
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
         d, h, k, hd = config.d_model, config.n_heads, config.n_kv_heads, config.head_dim
         self.wq = _weight(rngs, (d, h, hd), ("embed", "q_heads", "head_dim"), config, stack)
@@ -162,21 +261,26 @@ class Attention(nnx.Module):
         mask: jax.Array,  # [B, T, S]
         cache: KVCache | None,
         layer: int | jax.Array,
+        slots: jax.Array | None,  # [B, T]: lookahead slots, -1 at tokens
     ) -> tuple[jax.Array, KVCache | None]:
         """Self-attention; with a cache, the block's keys and values are written into its layer
         `layer` first and attention reads that layer."""
-        q = _project("btd,dhk->bthk", x, self.wq, self)
-        k = _project("btd,dhk->bthk", x, self.wk, self)
-        v = _project("btd,dhk->bthk", x, self.wv, self)
+        q, k, v = (self.project(name, x, slots) for name in ("wq", "wk", "wv"))  # [B, T, H|K, D]
         q, k = apply_rotary(q, cos, sin), apply_rotary(k, cos, sin)
         if cache is not None:
             cache, k, v = cache.write(layer, k, v)  # k, v [B, S, K, D]
         out = attend(q, k.astype(self.dtype), v.astype(self.dtype), mask, self.operand_dtype)
-        return _project("bthk,hkd->btd", out, self.wo, self), cache
+        return self.project("wo", out, slots), cache
 
 
-class MLP(nnx.Module):
+class MLP(Projections):
     """SwiGLU feed-forward."""
+
+    SPECS: ClassVar[dict[str, str]] = {
+        "w_gate": "btd,df->btf",
+        "w_up": "btd,df->btf",
+        "w_down": "btf,fd->btd",
+    }
 
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs, stack: int | None = None):
         d, f = config.d_model, config.d_ff
@@ -185,10 +289,10 @@ class MLP(nnx.Module):
         self.w_down = _weight(rngs, (f, d), ("mlp", "embed"), config, stack)
         self.dtype, self.operand_dtype = config.compute_dtype, config.operand_dtype
 
-    def __call__(self, x: jax.Array) -> jax.Array:  # [B, T, d]
-        gate = _project("btd,df->btf", x, self.w_gate, self)  # [B, T, F]
-        up = _project("btd,df->btf", x, self.w_up, self)
-        return _project("btf,fd->btd", jax.nn.silu(gate) * up, self.w_down, self)
+    def __call__(self, x: jax.Array, slots: jax.Array | None) -> jax.Array:  # [B, T, d]
+        gate = self.project("w_gate", x, slots)  # [B, T, F]
+        up = self.project("w_up", x, slots)
+        return self.project("w_down", jax.nn.silu(gate) * up, slots)
 
 
 class Block(nnx.Module):
@@ -200,17 +304,18 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config, stack)
         self.mlp = MLP(config, rngs, stack)
 
-    def __call__(self, x, cos, sin, mask, cache, layer):
-        attn_out, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, layer)
+    def __call__(self, x, cos, sin, mask, cache, layer, slots):
+        attn_out, cache = self.attn(self.attn_norm(x), cos, sin, mask, cache, layer, slots)
         x = constrain(x + attn_out, HIDDEN)
-        return constrain(x + self.mlp(self.mlp_norm(x)), HIDDEN), cache
+        return constrain(x + self.mlp(self.mlp_norm(x), slots), HIDDEN), cache
 
 
 class Transformer(nnx.Module):
     """Token embedding, decoder layers, final norm, output head, and the lookahead table."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
-        self.config = config
+        """The base weights are those of the same config without adapters (the adapters draw
+        their random numbers last)."""
         d = config.d_model
         self.embed = _weight(rngs, (config.vocab_size, d), ("vocab", "embed"), config, None)
         if config.scan_layers:
@@ -225,10 +330,45 @@ class Transformer(nnx.Module):
             # Replicated on every mesh: tiny, and read by every draft call.
             self.lookahead = LookaheadParam(table, logical_axes=(None, None))
         self.inv_freq = rope_frequencies(config)
+        self._build_adapters(config, rngs)
 
     @property
     def has_lookahead(self) -> bool:
         return self.config.max_lookahead > 0
+
+    @property
+    def has_adapters(self) -> bool:
+        return self.config.adapter_rank > 0
+
+    def _build_adapters(self, config: ModelConfig, rngs: nnx.Rngs) -> None:
+        """Sets the config to `config` and replaces the adapters with fresh ones of its shape."""
+        self.config = config
+        stack = config.n_layers if config.scan_layers else None
+        for block in [self.layers] if config.scan_layers else self.layers:
+            block.attn.set_adapters(config, rngs, stack)
+            block.mlp.set_adapters(config, rngs, stack)
+
+    def set_adapters(
+        self,
+        rank: int,
+        targets: Sequence[str] = ADAPTER_TARGETS,
+        gate: str = "lookahead",
+        *,
+        rngs: nnx.Rngs | None = None,
+    ) -> None:
+        """Gives the model fresh lookahead adapters (`B = 0`: its function is unchanged) of this
+        rank, targets and gate, or removes them (rank 0); nothing happens when it has these
+        already. On a mesh the new weights go to their shardings."""
+        config = self.config.replace(
+            adapter_rank=rank, adapter_targets=tuple(targets), adapter_gate=gate
+        )
+        if config == self.config:
+            return
+        self._build_adapters(config, rngs or nnx.Rngs(0))
+        mesh = mesh_of(nnx.state(self))
+        if mesh is not None and self.has_adapters:
+            state = nnx.state(self, AdapterParam)
+            nnx.update(self, jax.device_put(state, param_shardings(state, mesh)))
 
     def embed_inputs(self, tokens: jax.Array, lookahead_slots: jax.Array | None) -> jax.Array:
         """Token embeddings [B, T, d], with lookahead embeddings where `lookahead_slots >= 0`."""
@@ -264,16 +404,17 @@ class Transformer(nnx.Module):
                 positions = cache.write_slots(block_len)
         cos, sin = rotary_embedding(positions, self.inv_freq)
         x = constrain(self.embed_inputs(tokens, lookahead_slots), HIDDEN)
-        x, cache = self._run_layers(x, cos, sin, mask, cache)
+        x, cache = self._run_layers(x, cos, sin, mask, cache, lookahead_slots)
         if cache is not None:
             cache = cache.constrained()
         return self.final_norm(x), cache
 
-    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None):
-        """The decoder layers on x [B, T, d]; each writes its keys and values into `cache`."""
+    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None, slots: jax.Array | None):
+        """The decoder layers on x [B, T, d]; each writes its keys and values into `cache`.
+        `slots` [B, T] (lookahead slots, -1 at tokens) gate the adapters."""
 
         def apply(block, x, cache, layer):
-            return block(x, cos, sin, mask, cache, layer)
+            return block(x, cos, sin, mask, cache, layer, slots)
 
         if self.config.remat:
             # jax.checkpoint over the block's arrays: nnx.remat would write the block's state
@@ -282,7 +423,7 @@ class Transformer(nnx.Module):
             def apply(block, x, cache, layer):
                 graphdef, state = nnx.split(block)
                 pure = lambda state, x, cache, layer: nnx.merge(graphdef, state)(
-                    x, cos, sin, mask, cache, layer
+                    x, cos, sin, mask, cache, layer, slots
                 )
                 return jax.checkpoint(pure)(state, x, cache, layer)
 

@@ -44,6 +44,7 @@ RULES: dict[str, MeshAxes] = {
     "kv_heads": "tensor",
     "head_dim": None,
     "layers": None,
+    "adapter_rank": None,  # an adapter's rank (A [.., r], B [r, ..]); its other axes: its weight's
     # Activations (the KV cache also uses `layers`, `kv_heads` and `head_dim`).
     "batch": ("data", "fsdp"),
     "length": None,

@@ -42,6 +42,11 @@ def test_cli_compiles_a_scaled_down_7b_on_8_fake_devices():
     d, f, layers, hd = SMALL["d_model"], SMALL["d_ff"], SMALL["n_layers"], SMALL["head_dim"]
     sharded = 2 * VOCAB * d + layers * (4 * d * 4 * hd + 3 * d * f)  # split 4 ways on `tensor`
     replicated = (2 * layers + 1 + 8) * d  # norms and the 8-row lookahead table
+    # Rank-16 adapters on all 7 projections: A [d_in, r] and B [r, d_out] split like the weight's
+    # d_in / d_out (heads, MLP units: `tensor`; embed: `fsdp`, of size 1 here).
+    r = 16
+    sharded += layers * r * (4 * 4 * hd + 3 * f)  # B of wq, wk, wv, w_gate, w_up; A of wo, w_down
+    replicated += layers * r * 7 * d  # A of wq, wk, wv, w_gate, w_up; B of wo, w_down
     assert report["params_bytes"] == 2 * (sharded // 4 + replicated) + 4 * hd // 2  # + inv_freq
     # k and v [layers, B, S, K, D] bf16, split over data (B) and tensor (K).
     assert report["cache_bytes"] == 2 * 2 * layers * (BATCH // 2) * capacity * (4 // 4) * hd
@@ -71,7 +76,7 @@ def test_decode_report_in_process():
 def test_7b_config_has_llama2_shapes_and_the_training_layout():
     config = runpy.run_path(str(CONFIG_7B))["get_config"]()
     model = aot.model_config(config)
-    assert model.num_params - model.d_model * model.max_lookahead == 6_738_415_616  # LLaMA-2-7B
+    assert model.num_params - model.num_head_params == 6_738_415_616  # LLaMA-2-7B
     assert (model.dtype, model.param_dtype, model.scan_layers, model.remat) == (
         "bfloat16",
         "bfloat16",
@@ -83,19 +88,22 @@ def test_7b_config_has_llama2_shapes_and_the_training_layout():
     assert experiment.mesh.train_shape == (1, -1, 1)
     assert experiment.mesh.decode_shape == (1, 1, -1)
     assert experiment.decode.num_lookahead == 4
-    (stage,) = experiment.stages
-    assert (stage.name, stage.learning_rate, stage.steps, stage.warmup_steps) == (
+    lookahead, adapters = experiment.stages
+    assert (lookahead.name, lookahead.learning_rate, lookahead.steps, lookahead.warmup_steps) == (
         "lookahead",
         1e-2,
         10_000,
         2_000,
     )
+    assert (adapters.name, adapters.generated_rows(8), model.adapter_rank) == ("adapters", 0, 16)
+    assert model.num_head_params == 8 * 4096 + 32 * 16 * (7 * 4096 + 4 * 4096 + 3 * 11008)
     assert experiment.data.batch_size == 8
 
 
 def test_train_dry_run_sizes_a_scaled_down_7b_train_step_and_decode_loop(tmp_path):
-    """`train.py --dry_run` on 8 fake CPU devices: the lookahead train step on the FSDP mesh and
-    the decoding programs on the tensor-parallel mesh, with per-device memory; nothing runs."""
+    """`train.py --dry_run` on 8 fake CPU devices: the lookahead and adapters train steps on the
+    FSDP mesh and the decoding programs (with the adapters) on the tensor-parallel mesh, with
+    per-device memory; nothing runs."""
     overrides = [f"--config.model.{k}={v}" for k, v in SMALL.items()] + [
         f"--config.tokenizer.vocab_size={VOCAB}",
         "--config.data.seq_len=64",
@@ -115,11 +123,12 @@ def test_train_dry_run_sizes_a_scaled_down_7b_train_step_and_decode_loop(tmp_pat
     assert proc.returncode == 0, proc.stderr[-4000:]
     out = proc.stdout
     assert out.startswith("dry run on 8 x cpu (cpu)")
-    assert "train: mesh data=1 fsdp=8 tensor=1; stage lookahead, batch_size 8, seq_len 64" in out
+    for stage in ("lookahead", "adapters"):
+        assert f"train: mesh data=1 fsdp=8 tensor=1; stage {stage}, batch_size 8, seq_len 64" in out
     assert "decode: mesh data=1 fsdp=1 tensor=8; batch_size 4" in out
     number = r"\s+\d+\.\d{3}"
-    for program in ("train_lookahead", "prefill", "decode"):  # argument .. peak, then timings
+    for program in ("train_lookahead", "train_adapters", "prefill", "decode"):  # sizes, timings
         assert re.search(rf"^{program}(?:{number}){{5}}\s+\d+\.\d\s+\d+\.\d$", out, re.M), out
-    assert out.count("share of a device's memory") == 2
+    assert out.count("share of a device's memory") == 3
     assert "params + optimizer state" in out and "params + KV cache" in out
     assert not (tmp_path / "run").exists()  # a dry run writes nothing

@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import test_hf
+from flax import nnx
 
 from pass_jax.decode.generation import generate
 from pass_jax.io.checkpoint import CheckpointStore, split_params
@@ -20,6 +22,7 @@ from pass_jax.io.head import (
 )
 from pass_jax.io.hf import load_hf_llama
 from pass_jax.io.workdir import load_model
+from pass_jax.model import AdapterParam
 
 pytest.importorskip("transformers")
 
@@ -31,10 +34,18 @@ def base_dir(tmp_path_factory):
     return test_hf.save(test_hf.hf_model(seed=3), tmp_path_factory.mktemp("base"))
 
 
-def with_random_table(model, seed: int = 0):
-    """The model, its table set to random rows (a stand-in for a trained one)."""
+def with_random_head(model, seed: int = 0):
+    """The model, its table set to random rows and given random rank-2 adapters (a stand-in for
+    a trained head)."""
     table = model.lookahead[...]
     model.lookahead[...] = 0.5 * jax.random.normal(jax.random.key(seed), table.shape, table.dtype)
+    model.set_adapters(2)
+    rng = np.random.default_rng(seed)
+    adapters = nnx.state(model, AdapterParam)
+    nnx.update(
+        model,
+        jax.tree.map(lambda x: jnp.asarray(0.3 * rng.normal(size=x.shape), x.dtype), adapters),
+    )
     return model
 
 
@@ -44,7 +55,7 @@ def decode(model, method: str = "pass"):
 
 
 def test_a_head_loads_onto_an_hf_model_and_decodes_identically(base_dir, tmp_path):
-    source = with_random_table(load_hf_llama(base_dir, max_lookahead=L))
+    source = with_random_head(load_hf_llama(base_dir, max_lookahead=L))
     info = save_head(source, tmp_path / "head")
     assert sorted(p.name for p in (tmp_path / "head").iterdir()) == [INFO_FILE, "head.safetensors"]
     assert read_head_info(tmp_path / "head") == info
@@ -56,6 +67,7 @@ def test_a_head_loads_onto_an_hf_model_and_decodes_identically(base_dir, tmp_pat
 
     loaded = load_hf_llama(base_dir, max_lookahead=2, head=tmp_path / "head")  # the head's size
     np.testing.assert_array_equal(loaded.lookahead[...], source.lookahead[...])
+    assert loaded.config.adapter_rank == info.adapters["rank"] == 2
     expected, result = decode(source), decode(loaded)
     assert result.tokens == expected.tokens
     assert result.stats.acceptance_by_position == expected.stats.acceptance_by_position
@@ -76,7 +88,7 @@ def test_a_head_loads_onto_an_hf_model_and_decodes_identically(base_dir, tmp_pat
 
 
 def test_a_head_refuses_another_base_or_table_size(base_dir, tmp_path):
-    source = with_random_table(load_hf_llama(base_dir, max_lookahead=L))
+    source = with_random_head(load_hf_llama(base_dir, max_lookahead=L))
     save_head(source, tmp_path / "head")
     other = load_hf_llama(test_hf.save(test_hf.hf_model(seed=4), tmp_path / "other"))
     with pytest.raises(HeadMismatchError, match="other base weights"):

@@ -17,6 +17,7 @@ from pass_jax.data.batches import BatchIterator
 from pass_jax.data.config import DataConfig
 from pass_jax.data.sources import make_source
 from pass_jax.experiment import (
+    FROZEN_BASE_STAGES,
     EvalConfig,
     ExperimentConfig,
     StageConfig,
@@ -190,18 +191,21 @@ def test_row_groups_give_the_same_losses_and_gradients():
         compute_losses(model, inputs, "kl", row_groups=3)
 
 
-@pytest.mark.parametrize("name", ["base", "lookahead", "distill", "joint"])
+@pytest.mark.parametrize("name", ["base", "lookahead", "distill", "adapters", "joint"])
 def test_one_step_lowers_the_loss(name):
     model, batch, stage = _model(), _batch(), _stage(name)
+    if stage.trains_adapters:
+        model.set_adapters(2)
     trainer = Trainer(model, stage, seed=0)
     before, weights = _stage_loss(model, stage, batch), _arrays(model)
     trainer.train_step(batch)
     trainer.sync()
     after, updated = _stage_loss(model, stage, batch), _arrays(model)
     assert after < before
-    # The frozen recipe leaves the base bit-identical; plain base training leaves the table.
-    assert _same(weights["params"], updated["params"]) == (name in ("lookahead", "distill"))
+    # The frozen-base stages leave the base bit-identical; plain base training leaves the table.
+    assert _same(weights["params"], updated["params"]) == (stage.name in FROZEN_BASE_STAGES)
     assert _same(weights["lookahead"], updated["lookahead"]) == (name == "base")
+    assert ("adapters" in updated) == (name == "adapters")
 
 
 def _experiment(tmp_path, steps: int) -> ExperimentConfig:
@@ -362,7 +366,7 @@ def test_joint_with_a_generation_share_trains_on_corpus_and_generated_rows(tmp_p
 def test_generation_share_and_row_groups_are_checked(tmp_path):
     with pytest.raises(ValueError, match="generation_share must be in"):
         _stage("joint", generation_share=1.0)
-    with pytest.raises(ValueError, match="generation_share is a `joint` option"):
+    with pytest.raises(ValueError, match="generation_share is a `joint` and `adapters` option"):
         _stage("lookahead", generation_share=0.5)
     exp = _experiment(tmp_path, steps=3)
     exp = dataclasses.replace(exp, data=dataclasses.replace(exp.data, batch_size=4))

@@ -2,8 +2,9 @@
 
 A checkpoint directory holds one directory per step (`<dir>/<step>/`), and in it one item each:
 
-    params      the base weights (every `nnx.Param` but the lookahead table)
+    params      the base weights (every `nnx.Param` but the PaSS head's)
     lookahead   the lookahead table `[L_max, d_model]` (tiny; loads onto any compatible base)
+    adapters    the lookahead adapters (`model.Adapter`), when the model has them
     opt_state   the optimizer state (training checkpoints only)
     meta        JSON: the step, the data iterator's position, the model config
 
@@ -43,13 +44,17 @@ from etils import epath
 from flax import nnx
 
 from pass_jax import distributed
-from pass_jax.model import LookaheadParam, Transformer
+from pass_jax.model import HEAD_PARAMS, AdapterParam, LookaheadParam, Transformer
 
-ARRAY_ITEMS = ("params", "lookahead", "opt_state")
+ARRAY_ITEMS = ("params", "lookahead", "adapters", "opt_state")
 META = "meta"
 SEAL = "pass_jax_files.json"  # {relative path: size} of a complete step's files
 _MAX_PROBLEMS = 8
-_FILTERS = {"params": nnx.All(nnx.Param, nnx.Not(LookaheadParam)), "lookahead": LookaheadParam}
+_FILTERS = {
+    "params": nnx.All(nnx.Param, nnx.Not(HEAD_PARAMS)),
+    "lookahead": LookaheadParam,
+    "adapters": AdapterParam,
+}
 
 
 T = TypeVar("T")
@@ -215,13 +220,14 @@ def step_dir(path: str | Path) -> Path:
 
 
 def split_params(model: Transformer) -> dict[str, dict[str, Any]]:
-    """The model's weights as pure dicts: `params` (base) and `lookahead` (if it has a table)."""
-    names = [n for n in _FILTERS if n != "lookahead" or model.has_lookahead]
-    return {name: nnx.to_pure_dict(nnx.state(model, _FILTERS[name])) for name in names}
+    """The model's weights as pure dicts: `params` (base), `lookahead` (if it has a table) and
+    `adapters` (if it has lookahead adapters)."""
+    has = {"params": True, "lookahead": model.has_lookahead, "adapters": model.has_adapters}
+    return {name: nnx.to_pure_dict(nnx.state(model, _FILTERS[name])) for name in has if has[name]}
 
 
 def assign_params(model: Transformer, items: Mapping[str, dict[str, Any]]) -> None:
-    """Writes restored `params` and/or `lookahead` pure dicts into the model."""
+    """Writes restored `params`, `lookahead` and/or `adapters` pure dicts into the model."""
     for name, pure in items.items():
         state = nnx.state(model, _FILTERS[name])
         nnx.replace_by_pure_dict(state, pure)
@@ -231,7 +237,8 @@ def assign_params(model: Transformer, items: Mapping[str, dict[str, Any]]) -> No
 def load_params(
     model: Transformer, path: str | Path, *, shardings: Mapping[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Loads base weights and, when both have one, the lookahead table into `model`.
+    """Loads base weights and, when both have them, the lookahead table and adapters into
+    `model` (a model's own table or adapters stay when the checkpoint has none).
 
     `path` is a checkpoint directory (latest step) or a step directory. `shardings` optionally
     maps an item name to a tree of shardings for its leaves. Returns the step's metadata.
@@ -242,7 +249,7 @@ def load_params(
         restored = {
             name: read_item(directory / name, abstract_tree(pure, (shardings or {}).get(name)))
             for name, pure in pures.items()
-            if name == "params" or (directory / name).is_dir()  # base-only: keep the table
+            if name == "params" or (directory / name).is_dir()  # base-only: keep the head
         }
         return restored, read_meta(directory)
 

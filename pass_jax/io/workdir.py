@@ -1,9 +1,10 @@
 """Where a training workdir keeps things, and loading them back.
 
 tokenizer.model              trained here unless `config.tokenizer.path` names one
-checkpoints/<stage>/<step>/  params, lookahead, opt_state, meta (`pass_jax.io.checkpoint`)
-heads/<stage>/               the stage's PaSS head, when it trains the table (`io.head`)
-generations/<stage>/         the model's own continuations (stages distill, joint)
+checkpoints/<stage>/<step>/  params, lookahead, adapters, opt_state, meta (`io.checkpoint`)
+heads/<stage>/               the stage's PaSS head (table, and adapters), when it trains the table
+                             (`io.head`)
+generations/<stage>/         the model's own continuations (stages distill, adapters, joint)
 metrics.jsonl                train / eval / stage records
 tensorboard/                 the same scalars for TensorBoard
 """
@@ -42,7 +43,7 @@ def stage_checkpoints(workdir: str | Path, stage: str) -> Path:
 
 
 def stage_head(workdir: str | Path, stage: str) -> Path:
-    """The PaSS head directory a table-training stage exports."""
+    """The PaSS head directory a table-training stage exports (with the adapters, if any)."""
     return Path(workdir) / HEADS_DIR / stage
 
 

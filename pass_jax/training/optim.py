@@ -6,11 +6,14 @@ import optax
 from flax import nnx
 
 from pass_jax.experiment import StageConfig
-from pass_jax.model import LookaheadParam, Transformer
+from pass_jax.model import HEAD_PARAMS, LookaheadParam, Transformer
 
 
 def trainable(stage: StageConfig) -> nnx.filterlib.Filter:
-    """The weights a stage updates: the base, the lookahead table, or both."""
+    """The weights a stage updates: the base, the lookahead table, both, or the PaSS head
+    (table and adapters)."""
+    if stage.trains_adapters:
+        return HEAD_PARAMS
     if stage.trains_base and stage.trains_table:
         return nnx.Param
     if stage.trains_base:
@@ -35,6 +38,11 @@ def make_optimizer(model: Transformer, stage: StageConfig) -> nnx.Optimizer:
         raise ValueError(
             f"stage {stage.name} trains the lookahead table, but the model has none "
             "(model.max_lookahead == 0)"
+        )
+    if stage.trains_adapters and not model.has_adapters:
+        raise ValueError(
+            f"stage {stage.name} trains lookahead adapters, but the model has none "
+            "(model.adapter_rank == 0)"
         )
     tx = optax.chain(
         optax.clip_by_global_norm(stage.grad_clip),

@@ -4,9 +4,12 @@ The workdir's layout is `pass_jax.io.workdir`'s. With `config.hf_dir`, the token
 Hugging Face directory's and the base its weights.
 
 Each stage starts from the latest checkpoint of the stage before it (the first from
-`train.init_from`, `hf_dir`, or a fresh initialisation), or resumes from its own latest checkpoint:
-weights, optimizer state and data position are restored, and the insertion points are drawn
-from the data seed and the step, so the resumed run continues exactly as if never stopped. A
+`train.init_from`, `hf_dir`, or a fresh initialisation): its base weights and table. Only the
+`adapters` stage's model has lookahead adapters (`StageConfig.model_config`): it starts them
+fresh, and the stage after it starts without them. Or a stage resumes from its own latest
+checkpoint: weights, optimizer state and data position are restored, and the insertion points
+are drawn from the data seed and the step, so the resumed run continues exactly as if never
+stopped. A
 finished and evaluated stage is skipped. SIGINT / SIGTERM during training save a checkpoint and
 raise `TrainingInterrupted`; during evaluation they raise it at once, and the rerun evaluates.
 
@@ -47,7 +50,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pass_jax import distributed, sharding
-from pass_jax.config import ModelConfig
+from pass_jax.config import ADAPTER_FIELDS, ModelConfig
 from pass_jax.data.batches import (
     BatchIterator,
     concat_rows,
@@ -59,7 +62,7 @@ from pass_jax.data.config import DataConfig
 from pass_jax.data.prompts import config_prompts
 from pass_jax.data.sources import make_source
 from pass_jax.data.tokens import load_token_stream
-from pass_jax.experiment import TABLE_ONLY_STAGES, ExperimentConfig
+from pass_jax.experiment import FROZEN_BASE_STAGES, ExperimentConfig
 from pass_jax.io.checkpoint import (
     CheckpointError,
     CheckpointStore,
@@ -114,14 +117,16 @@ def stage_inputs(
     """What stage `index` is trained from, as its checkpoints record it (JSON values): `from`,
     the previous stage's name, step and `stage_identity` (None for the first stage), and the
     config values that shape it, by name (not its step count: a finished stage given more
-    steps resumes)."""
+    steps resumes). `model` is the stage's model; without adapters their fields shape
+    nothing and are left out (runs from before adapters existed record none)."""
     stage = exp.stages[index]
     values = {
         f"config.{stage.name}.{k}": v
         for k, v in dataclasses.asdict(stage).items()
         if k not in ("name", "steps")
     }
-    values.update({f"config.model.{k}": v for k, v in model.to_dict().items()})
+    unused = () if model.adapter_rank else ADAPTER_FIELDS
+    values.update({f"config.model.{k}": v for k, v in model.to_dict().items() if k not in unused})
     data = dataclasses.asdict(exp.data).items()
     values.update({f"config.data.{k}": v for k, v in data if k not in _DATA_PLACE_FIELDS})
     if previous is None:
@@ -267,7 +272,10 @@ def load_hf_weights(model: Transformer, hf_dir: str) -> None:
         unk_id=c.unk_id,
     )
     target = split_params(model)
-    placed = jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), split_params(loaded), target)
+    placed = {
+        name: jax.tree.map(lambda x, t: jax.device_put(x, t.sharding), weights, target[name])
+        for name, weights in split_params(loaded).items()
+    }
     assign_params(model, placed)
 
 
@@ -353,8 +361,8 @@ class StageRunner:
     def _make_iterator(
         self, config: DataConfig, tokenizer: Tokenizer, workdir: Path
     ) -> BatchIterator:
-        """The stage's batches: corpus rows, then (distill, joint with a generation share) the
-        model's continuations of prompts cut from the stage's corpus stream."""
+        """The stage's batches: corpus rows, then (distill; adapters and joint with a generation
+        share) the model's continuations of prompts cut from the stage's corpus stream."""
         stage = self.stage
         corpus = make_iterator(config, tokenizer)
         num_generated = stage.generated_rows(config.batch_size)
@@ -544,7 +552,8 @@ def run(
     else:
         config = exp.model.replace(vocab_size=tokenizer.vocab_size, unk_id=max(tokenizer.unk_id, 0))
     mesh = sharding.make_mesh(exp.mesh.train_shape, exp.mesh.axes)
-    model = sharding.create_sharded(lambda: Transformer(config, rngs=nnx.Rngs(exp.seed)), mesh)
+    first = exp.stages[0].model_config(config)
+    model = sharding.create_sharded(lambda: Transformer(first, rngs=nnx.Rngs(exp.seed)), mesh)
     if exp.hf_dir:
         load_hf_weights(model, exp.hf_dir)
     if exp.train.init_from:
@@ -557,9 +566,14 @@ def run(
     previous = None  # the previous stage's name, step and identity
     with contextlib.closing(writer):
         for index, stage in enumerate(exp.stages):
+            adapters = stage.model_config(config)  # only the adapters stage has them
+            rngs = nnx.Rngs(exp.seed)
+            model.set_adapters(
+                adapters.adapter_rank, adapters.adapter_targets, adapters.adapter_gate, rngs=rngs
+            )
             if index:
                 load_params(model, stage_checkpoints(workdir, exp.stages[index - 1].name))
-            inputs = stage_inputs(exp, index, config, previous)
+            inputs = stage_inputs(exp, index, model.config, previous)
             args = (model, tokenizer, workdir, writer, mesh, inputs)
             runner, resumed = _open_stage(exp, index, *args)
             with contextlib.closing(runner):
@@ -577,7 +591,7 @@ def run(
                         f"[{stage.name}] already finished ({stage.steps} steps): {action}"
                     )
                 else:
-                    if not resumed and stage.name in TABLE_ONLY_STAGES and not table_trained:
+                    if not resumed and stage.name in FROZEN_BASE_STAGES and not table_trained:
                         reset_lookahead_to_unk(model)
                     runner.train()
             step = runner.trainer.step
