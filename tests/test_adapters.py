@@ -44,7 +44,7 @@ from pass_jax.training.optim import trainable
 from pass_jax.training.stages import run
 
 # The decoding methods that feed lookahead slots; each must equal greedy AR of the base.
-LOOKAHEAD_METHODS = ("pass",)
+LOOKAHEAD_METHODS = ("pass", "pass_tree")
 RANK, BATCH, BLOCK, CAPACITY = 4, 3, 8, 40
 CONFIG = tiny_config(adapter_rank=RANK)  # most cases use it: they share compiled programs
 PROMPTS, NEW = [[5, 9, 2, 7], [11, 3, 8, 8, 1, 4, 6], [1]], 20

@@ -61,6 +61,7 @@ flags.mark_flags_as_required(["config", "workdir"])
 STAGE_LABELS = {
     "lookahead": "frozen base, paper's recipe",
     "distill": "frozen base, table trained on the model's own continuations",
+    "adapters": "frozen base, table and lookahead adapters",
     "joint": "lookahead-aware (base fine-tuned)",
 }
 
