@@ -17,6 +17,9 @@ _ROPE_TYPES = ("default", "linear", "llama3")
 ADAPTER_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")
 ADAPTER_GATES = ("lookahead", "per_slot")
 ADAPTER_FIELDS = ("adapter_rank", "adapter_targets", "adapter_gate")
+# The early prediction of a parameter-shared decoder (`n_repeats > 1`), and the sharing fields.
+EARLY_HEADS = ("shared", "trained")
+SHARING_FIELDS = ("n_repeats", "early_head")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,6 +62,13 @@ class ModelConfig:
     at first) and `g = 0` at token positions, so token positions compute exactly the base
     model's function. `adapter_gate` sets `g` at lookahead slots: `"lookahead"` 1 at every slot,
     `"per_slot"` a trained scale per layer, projection and table row (1 at first).
+
+    Parameter sharing (`n_repeats > 1`): the `n_layers` unique blocks are applied `n_repeats`
+    times in order, each application with its own KV-cache layers (the cache holds `depth` =
+    `n_layers * n_repeats` layers). The residual stream after the first repeat gives an early
+    prediction of the next token (SPEED's draft, `pass_jax.decode.speed`): `early_head="shared"`
+    reads it through the final norm and the output head; `"trained"` through its own norm and a
+    residual `d x d` projection (zero at first), then the output head.
     """
 
     vocab_size: int = 32000
@@ -83,6 +93,8 @@ class ModelConfig:
     adapter_rank: int = 0
     adapter_targets: tuple[str, ...] = ADAPTER_TARGETS
     adapter_gate: str = "lookahead"
+    n_repeats: int = 1
+    early_head: str = "shared"
 
     def __post_init__(self) -> None:
         positive = ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "head_dim")
@@ -115,6 +127,19 @@ class ModelConfig:
         if not 0 <= self.unk_id < self.vocab_size:
             raise ValueError(f"unk_id {self.unk_id} outside the vocabulary [0, {self.vocab_size})")
         self._check_adapters()
+        if self.n_repeats < 1:
+            raise ValueError(
+                f"n_repeats must be >= 1 (1: no parameter sharing), got {self.n_repeats}"
+            )
+        if self.early_head not in EARLY_HEADS:
+            raise ValueError(
+                f"ModelConfig.early_head={self.early_head!r}; choose one of {EARLY_HEADS}"
+            )
+        if self.early_head == "trained" and self.n_repeats == 1:
+            raise ValueError(
+                "early_head='trained' reads the residual stream after the first of several "
+                "repeats: it needs n_repeats > 1"
+            )
 
     def _check_adapters(self) -> None:
         targets = self.adapter_targets
@@ -144,6 +169,16 @@ class ModelConfig:
                 "lookahead adapters act at lookahead slots only: adapter_rank > 0 needs "
                 "max_lookahead >= 1"
             )
+
+    @property
+    def depth(self) -> int:
+        """Layers a token passes through (`n_layers * n_repeats`), each with its KV-cache layer."""
+        return self.n_layers * self.n_repeats
+
+    @property
+    def has_early_head(self) -> bool:
+        """Whether the early prediction has weights of its own (`early_head="trained"`)."""
+        return self.early_head == "trained"
 
     @property
     def compute_dtype(self) -> jnp.dtype:
@@ -181,13 +216,15 @@ class ModelConfig:
 
     @property
     def num_params(self) -> int:
-        """Parameter count, the PaSS head (lookahead table and adapters) included."""
+        """Parameter count, the PaSS head (lookahead table and adapters) and a trained early head
+        included; shared layers count once."""
         attn = self.d_model * self.head_dim * (2 * self.n_heads + 2 * self.n_kv_heads)
         mlp = 3 * self.d_model * self.d_ff
         block = attn + mlp + 2 * self.d_model
         head = 0 if self.tie_embeddings else self.vocab_size * self.d_model
         embed = self.vocab_size * self.d_model
-        return embed + head + self.n_layers * block + self.d_model + self.num_head_params
+        early = (self.d_model + self.d_model**2) if self.has_early_head else 0
+        return embed + head + self.n_layers * block + self.d_model + early + self.num_head_params
 
     @classmethod
     def from_dict(cls, values: Mapping[str, Any]) -> ModelConfig:

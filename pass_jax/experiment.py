@@ -76,6 +76,9 @@ class StageConfig:
       by default. In a 125-step fine-tune of `small`, share 0.75 gave 0.26-0.34 (two data
       seeds) against 0.21 at 0.5.
 
+    `early_weight > 0` (a parameter-shared model, `model.n_repeats > 1`; stages that train the
+    base) adds weight * the early prediction's next-token cross-entropy (`losses.compute_losses`):
+    the draft of SPEED (`pass_jax.decode.speed`).
     `lookahead_loss` is `"ce"` (cross-entropy against the data: the paper's recipe) or `"kl"`
     (distillation to the model's own text outputs); `default_config` gives `joint` the KL,
     which on `configs/small.py` beat the cross-entropy in greedy acceptance (0.19 against 0.13)
@@ -98,6 +101,7 @@ class StageConfig:
     generation_temperature: float = 0.0
     generation_prompt_len: int = 32
     generation_share: float = 0.0
+    early_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if self.name not in STAGES:
@@ -132,6 +136,11 @@ class StageConfig:
             raise ValueError(
                 f"stage {self.name}: generation_share is a `joint` and `adapters` option "
                 "(`distill` trains on generations alone; `base` and `lookahead` on the corpus)"
+            )
+        if self.early_weight < 0 or (self.early_weight and not self.trains_base):
+            raise ValueError(
+                f"stage {self.name}: early_weight={self.early_weight} must be >= 0, and 0 in the "
+                f"frozen-base stages {FROZEN_BASE_STAGES} (the early prediction is the base's)"
             )
         if self.lookahead_loss not in LOOKAHEAD_LOSSES:
             raise ValueError(
@@ -287,17 +296,24 @@ class ExperimentConfig:
                 f"stage(s) {table} train the lookahead table: config.model.max_lookahead must "
                 f"be >= 1, got {model.max_lookahead}"
             )
+        early = [stage.name for stage in self.stages if stage.early_weight]
+        if early and model.n_repeats == 1:
+            raise ValueError(
+                f"stage(s) {early} train an early prediction (early_weight > 0): it needs a "
+                "parameter-shared model, config.model.n_repeats > 1"
+            )
         if any(stage.trains_adapters for stage in self.stages) and model.adapter_rank < 1:
             raise ValueError(
                 "stage adapters trains lookahead adapters: set config.model.adapter_rank >= 1 "
                 "(and adapter_targets, adapter_gate)"
             )
         positions = self.eval.prompt_len + int(self.data.add_bos) + self.eval.max_new_tokens
-        if self.eval.num_prompts and positions + model.max_lookahead > model.max_seq_len:
+        room = max(model.max_lookahead, model.n_repeats - 1)  # drafts, or SPEED's tokens in flight
+        if self.eval.num_prompts and positions + room > model.max_seq_len:
             raise ValueError(
                 f"config.eval.prompt_len + max_new_tokens (+ BOS) + config.model.max_lookahead "
-                f"= {positions + model.max_lookahead} positions exceed config.model.max_seq_len="
-                f"{model.max_seq_len} (or set config.eval.num_prompts=0)"
+                f"(or n_repeats - 1) = {positions + room} positions exceed "
+                f"config.model.max_seq_len={model.max_seq_len} (or set config.eval.num_prompts=0)"
             )
         sequences, batch = self.eval.loss_sequences, self.data.batch_size
         if sequences < 0 or sequences % batch:
@@ -375,6 +391,11 @@ def _hf_model_config(hf_dir: str, model: Mapping[str, Any]) -> ModelConfig:
     from pass_jax.io.hf import load_hf_config
 
     own = {k: v for k, v in model.items() if k not in HF_MODEL_FIELDS}
+    if own.get("n_repeats", 1) != 1:
+        raise ValueError(
+            f"config.model.n_repeats={own['n_repeats']} with hf_dir: an HF LLaMA's layers are "
+            "distinct (n_repeats=1); a parameter-shared model trains from scratch (no hf_dir)"
+        )
     return load_hf_config(hf_dir).replace(**own)
 
 

@@ -15,15 +15,15 @@ from flax import struct
 from pass_jax.config import ModelConfig
 from pass_jax.sharding import constrain
 
-CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # k, v [n_layers, B, S, K, D]
+CACHE_AXES = ("layers", "batch", "length", "kv_heads", "head_dim")  # k, v [depth, B, S, K, D]
 
 
 @struct.dataclass
 class KVCache:
     """Keys and values of every layer, with the committed length of each row."""
 
-    k: jax.Array  # [n_layers, B, S, K, D]
-    v: jax.Array  # [n_layers, B, S, K, D]
+    k: jax.Array  # [depth, B, S, K, D]: a layer per layer application
+    v: jax.Array  # [depth, B, S, K, D]
     lengths: jax.Array  # [B] int32: committed entries per row
 
     @classmethod
@@ -31,7 +31,7 @@ class KVCache:
         cls, config: ModelConfig, batch_size: int, capacity: int, dtype: jnp.dtype | None = None
     ) -> KVCache:
         """An empty cache holding up to `capacity` positions per row."""
-        shape = (config.n_layers, batch_size, capacity, config.n_kv_heads, config.head_dim)
+        shape = (config.depth, batch_size, capacity, config.n_kv_heads, config.head_dim)
         dtype = dtype or config.compute_dtype
         cache = cls(
             k=jnp.zeros(shape, dtype),

@@ -8,6 +8,11 @@ With `ModelConfig.adapter_rank > 0` the chosen projections carry lookahead adapt
 term added only at lookahead slots (`Adapter`), so token positions compute exactly the base
 model's function. The table and the adapters are the PaSS head (`HEAD_PARAMS`).
 
+With `ModelConfig.n_repeats > 1` the decoder shares its parameters: the `n_layers` unique blocks
+run `n_repeats` times, each application writing its own cache layers, and the residual stream
+after the first repeat gives an early prediction of the next token (`early_logits`), SPEED's
+draft (`pass_jax.decode.speed`).
+
 Every parameter carries `logical_axes` metadata, the names that `pass_jax.sharding` maps onto a
 device mesh.
 """
@@ -16,7 +21,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -311,7 +316,8 @@ class Block(nnx.Module):
 
 
 class Transformer(nnx.Module):
-    """Token embedding, decoder layers, final norm, output head, and the lookahead table."""
+    """Token embedding, decoder layers (applied `n_repeats` times), final norm, output head, the
+    lookahead table, and a trained early head (`early_head="trained"`)."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         """The base weights are those of the same config without adapters (the adapters draw
@@ -323,6 +329,11 @@ class Transformer(nnx.Module):
         else:
             self.layers = nnx.List([Block(config, rngs) for _ in range(config.n_layers)])
         self.final_norm = RMSNorm(config)
+        if config.has_early_head:  # zero at first: the shared head's function, but its own norm
+            self.early_norm = RMSNorm(config)
+            self.early_proj = nnx.Param(
+                jnp.zeros((d, d), config.weight_dtype), logical_axes=("embed", None)
+            )
         if not config.tie_embeddings:
             self.lm_head = _weight(rngs, (d, config.vocab_size), ("embed", "vocab"), config, None)
         if config.max_lookahead:
@@ -389,8 +400,11 @@ class Transformer(nnx.Module):
         positions: jax.Array | None = None,  # [B, T] int32
         block_mask: jax.Array | None = None,  # [B, T, T] bool, causal by default
         cache: KVCache | None = None,
-    ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states [B, T, d], and the cache with the block written (if any)."""
+        early: bool = False,
+    ) -> tuple[jax.Array, KVCache | None] | tuple[jax.Array, KVCache | None, jax.Array]:
+        """Final-norm hidden states [B, T, d], and the cache with the block written (if any);
+        with `early`, also the residual stream after the first repeat [B, T, d] (for
+        `early_logits`)."""
         batch, block_len = tokens.shape
         if block_mask is None:
             block_mask = causal_mask(batch, block_len)
@@ -404,14 +418,31 @@ class Transformer(nnx.Module):
                 positions = cache.write_slots(block_len)
         cos, sin = rotary_embedding(positions, self.inv_freq)
         x = constrain(self.embed_inputs(tokens, lookahead_slots), HIDDEN)
-        x, cache = self._run_layers(x, cos, sin, mask, cache, lookahead_slots)
+        x, cache = self.run_blocks(x, cos, sin, mask, cache, lookahead_slots)
+        first = x  # the residual stream after the first repeat
+        for repeat in range(1, self.config.n_repeats):
+            layer = repeat * self.config.n_layers
+            x, cache = self.run_blocks(x, cos, sin, mask, cache, lookahead_slots, layer)
         if cache is not None:
             cache = cache.constrained()
+        if early:
+            return self.final_norm(x), cache, first
         return self.final_norm(x), cache
 
-    def _run_layers(self, x, cos, sin, mask, cache: KVCache | None, slots: jax.Array | None):
-        """The decoder layers on x [B, T, d]; each writes its keys and values into `cache`.
-        `slots` [B, T] (lookahead slots, -1 at tokens) gate the adapters."""
+    def run_blocks(
+        self,
+        x: jax.Array,  # [B, T, d]
+        cos: jax.Array,  # [B, T, D]
+        sin: jax.Array,  # [B, T, D]
+        mask: jax.Array,  # [B, T, S]
+        cache: Any,
+        slots: jax.Array | None,  # [B, T]
+        first_layer: int | jax.Array = 0,
+    ) -> tuple[jax.Array, Any]:
+        """The unique blocks once on x (one repeat): block `l` writes its keys and values into
+        cache layer `first_layer + l`. `slots` (lookahead slots, -1 at tokens) gate the
+        adapters. `cache` is a `KVCache`, None, or anything with its `write` (SPEED's
+        `DepthCache`)."""
 
         def apply(block, x, cache, layer):
             return block(x, cos, sin, mask, cache, layer, slots)
@@ -429,7 +460,7 @@ class Transformer(nnx.Module):
 
         if not self.config.scan_layers:
             for layer, block in enumerate(self.layers):
-                x, cache = apply(block, x, cache, layer)
+                x, cache = apply(block, x, cache, first_layer + layer)
             return x, cache
         graphdef, stacked = nnx.split(self.layers)
 
@@ -438,8 +469,25 @@ class Transformer(nnx.Module):
             x, cache = apply(nnx.merge(graphdef, layer_state), x, cache, layer)
             return (x, cache, layer + 1), None
 
-        (x, cache, _), _ = jax.lax.scan(body, (x, cache, jnp.int32(0)), stacked)
+        start = jnp.asarray(first_layer, jnp.int32)
+        (x, cache, _), _ = jax.lax.scan(body, (x, cache, start), stacked)
         return x, cache
+
+    def early_hidden(self, residual: jax.Array) -> jax.Array:
+        """The early prediction's head input [..., d] from the residual stream after the first
+        repeat [..., d]: its final norm (`early_head="shared"`), or the trained early head's
+        norm and residual projection."""
+        if not self.config.has_early_head:
+            return self.final_norm(residual)
+        hidden = self.early_norm(residual)
+        proj = self.early_proj[...].astype(self.config.compute_dtype)
+        lead = "ABCDEFG"[: hidden.ndim - 1]
+        return hidden + contract(f"{lead}d,de->{lead}e", hidden, proj, self.config.operand_dtype)
+
+    def early_logits(self, residual: jax.Array) -> jax.Array:
+        """The early prediction's logits [..., vocab] (float32) from the residual stream after
+        the first repeat [..., d]."""
+        return self.logits(self.early_hidden(residual))
 
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Output logits [..., vocab] in float32 from final hidden states [..., d]."""

@@ -183,13 +183,15 @@ def test_default_config_names_every_key_the_checks_know():
 
 def test_train_a_head_from_an_hf_directory_then_decode_with_it(tmp_path):
     """configs/hf_head.py on a transformers-written LLaMA with a `tokenizers` tokenizer.json:
-    no conversion step; the head lands in heads/lookahead and drafts losslessly."""
+    no conversion step; the head (table and lookahead adapters) lands in heads/adapters and drafts
+    losslessly."""
     hf_dir = write_bpe_tokenizer(tmp_path / "hf", vocab_size=300)
     write_tiny_llama(hf_dir, vocab_size=300)
     workdir = tmp_path / "run"
     overrides = {
         "hf_dir": hf_dir, "data.max_documents": 24, "data.seq_len": 32, "data.batch_size": 2,
-        "lookahead.steps": 3, "lookahead.warmup_steps": 1, "eval.loss_sequences": 0,
+        "adapters.steps": 3, "adapters.warmup_steps": 1, "adapters.generations": 2,
+        "adapters.generation_prompt_len": 8, "eval.loss_sequences": 0,
         "eval.num_prompts": 0,  # no evaluation: the decode below measures the head
     }  # fmt: skip
     trained = subprocess.run(
@@ -198,7 +200,7 @@ def test_train_a_head_from_an_hf_directory_then_decode_with_it(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     assert trained.returncode == 0, trained.stderr[-3000:]
-    head = stage_head(workdir, "lookahead")
+    head = stage_head(workdir, "adapters")
     assert (head / "head.json").is_file()
     assert not (workdir / "tokenizer.model").exists()  # the HF directory's tokenizer
 
@@ -210,7 +212,8 @@ def test_train_a_head_from_an_hf_directory_then_decode_with_it(tmp_path):
     assert decoded.returncode == 0, decoded.stderr[-3000:]
     assert "--- completion (pass) ---" in decoded.stdout
     assert "same tokens: True" in decoded.stdout  # greedy PaSS = autoregressive
-    assert "projected speedup tau / c(5)" in decoded.stdout
+    assert "calls on 5+5 tokens per iteration; c(5) = " in decoded.stdout
+    assert "projected speedup tau / c = " in decoded.stdout
     refused = decode("--method=pass", "--prompt=x", "--max_new_tokens=4")
     assert refused.returncode != 0 and "give --head" in refused.stderr
 

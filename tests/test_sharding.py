@@ -121,24 +121,31 @@ def test_sharded_generate_matches_unsharded():
 
 
 def check_sharded_generate() -> None:
-    """On 8 devices: greedy AR and PaSS on three meshes give the unsharded tokens and stats."""
+    """On 8 devices: greedy AR, PaSS and tree lookahead on three meshes give the unsharded
+    tokens and stats."""
     assert jax.device_count() == 8
     prompts = [[5, 1, 2], [7, 8, 9, 10, 11], [3], [4, 4, 4, 4], [9, 1], [2, 3, 5], [6], [1, 2]]
+
+    options = {"pass_tree": dict(num_lookahead=3, candidates=2)}  # a tree: paths move in the cache
 
     def run(make_model, method, mesh_shape=None, rows=prompts):
         model = make_model()
         if mesh_shape is not None:
             sharding.shard_model(model, sharding.make_mesh(mesh_shape))
             assert model.embed[...].sharding.spec == P("tensor", "fsdp")
-        return generate(model, rows, max_new_tokens=10, method=method)
+        return generate(model, rows, max_new_tokens=10, method=method, **options.get(method, {}))
 
     base, c = chain_model(0, good_drafts=3, n_kv_heads=4)
     chain = lambda: nnx.clone(base)
     chain_prompts = [[*p, c] if i % 2 else p for i, p in enumerate(prompts)]  # half on the chain
     references = {}
     # Every mesh shape with one method or both: data only, data x tensor, fsdp x tensor.
-    meshes = {"ar": ((8, 1, 1), (1, 2, 4)), "pass": ((2, 1, 4), (1, 2, 4))}
-    for method in ("ar", "pass"):
+    meshes = {
+        "ar": ((8, 1, 1), (1, 2, 4)),
+        "pass": ((2, 1, 4), (1, 2, 4)),
+        "pass_tree": ((2, 1, 4),),
+    }
+    for method in ("ar", "pass", "pass_tree"):
         reference = references[method] = run(chain, method, rows=chain_prompts)
         for mesh_shape in meshes[method]:
             result = run(chain, method, mesh_shape, rows=chain_prompts)
@@ -151,6 +158,7 @@ def check_sharded_generate() -> None:
                     key,
                 )
     assert references["pass"].stats.tau > 1.3  # PaSS drafts were accepted
+    assert references["pass_tree"].tokens == references["ar"].tokens
     # 3 rows do not divide over data=2: replicated. Rows are independent of the batch.
     odd_batch = run(chain, "ar", (2, 1, 4), rows=chain_prompts[:3])
     assert odd_batch.tokens == references["ar"].tokens[:3]

@@ -98,6 +98,7 @@ def main(argv: list[str]) -> None:
             temperatures=(0.0, 0.8),
             sweep_lookaheads=(1, 2),
             num_lookahead=2,
+            methods=("pass_unk", "pass"),
             repeats=1,
             cost_block_lens=(1, 2, 4),
         )

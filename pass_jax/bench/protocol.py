@@ -72,6 +72,8 @@ class Method:
             raise ValueError(f"unknown method {name!r} in {spec!r}; methods: {METHODS}")
         if name == "ar":
             return cls("ar")
+        if name == "speed":  # speed[:P]: num_lookahead holds the pipeline depth (None: n_repeats)
+            return cls("speed", int(options[0]) if options else None)
         num_la, candidates, rule = default_lookahead, 1, "sampled"
         for option in options:
             size, _, k = option.partition("x")
@@ -118,6 +120,8 @@ class Method:
         """`generate`'s keyword arguments for this method."""
         if self.name == "ar":
             return {"method": "ar"}
+        if self.name == "speed":
+            return {"method": "speed", "pipeline_depth": self.num_lookahead}
         return {
             "method": self.name,
             "num_lookahead": self.num_lookahead,

@@ -12,7 +12,14 @@ import ml_collections
 from pass_jax import distributed
 from pass_jax.bench.timing import ForwardTimer
 from pass_jax.data.tokens import max_stream_tokens
-from pass_jax.decode.generation import GenerationResult, check_num_lookahead, generate
+from pass_jax.decode.generation import (
+    DRAFT_MODEL_METHODS,
+    GenerationResult,
+    check_num_lookahead,
+    generate,
+)
+from pass_jax.decode.methods import TRAINED_TABLE_METHODS
+from pass_jax.decode.pearl import projected_parallel_s
 from pass_jax.decode.text import encode_prompt
 from pass_jax.dry_run import format_dry_run, use_fake_cpu_devices
 from pass_jax.experiment import ExperimentConfig
@@ -97,6 +104,8 @@ class DecodeOptions:
     prompt: str
     method: str | None = None
     num_lookahead: int | None = None
+    candidates: int = 1
+    draft_rule: str = "sampled"
     temperature: float = 0.0
     top_k: int = 0
     top_p: float = 1.0
@@ -108,13 +117,14 @@ class DecodeOptions:
 @dataclasses.dataclass(frozen=True)
 class DecodeSource:
     """What `decode_report` decodes with: a model, its tokenizer, a one-line description, the
-    BOS convention, and whether the model's table is trained."""
+    BOS convention, whether the model's table is trained, and a draft model (sps, pearl)."""
 
     model: Transformer
     tokenizer: Tokenizer
     description: str
     add_bos: bool
     trained_table: bool
+    draft_model: Transformer | None = None
 
 
 def experiment_source(
@@ -174,18 +184,40 @@ def hf_source(
     return DecodeSource(model, tokenizer, description, tokenizer.add_bos, head is not None)
 
 
-def _timed(model: Transformer, prompt: list[int], opts: DecodeOptions, method: str, eos: int):
+def with_draft_model(
+    source: DecodeSource, checkpoint: str, *, dtype: str | None = None
+) -> DecodeSource:
+    """`source` with the draft model of a checkpoint (or step directory) trained with the
+    source's tokenizer (another one is a `CheckpointError`)."""
+    draft = workdir_layout.load_model(checkpoint, tokenizer=source.tokenizer, dtype=dtype)
+    description = f"{source.description}, draft model: {step_dir(checkpoint)}"
+    return dataclasses.replace(source, draft_model=draft, description=description)
+
+
+def _timed(
+    model: Transformer,
+    prompt: list[int],
+    opts: DecodeOptions,
+    method: str,
+    eos: int,
+    draft_model: Transformer | None = None,
+):
     """A warm-up call (compiles), then the measured call; returns (result, compile seconds)."""
     kwargs = dict(
         max_new_tokens=opts.max_new_tokens,
         method=method,
-        num_lookahead=None if method == "ar" else opts.num_lookahead,
         temperature=opts.temperature,
         top_k=opts.top_k,
         top_p=opts.top_p,
         seed=opts.seed,
         eos_id=eos if eos >= 0 else None,
     )
+    if method != "ar":
+        kwargs.update(
+            num_lookahead=opts.num_lookahead, candidates=opts.candidates, draft_rule=opts.draft_rule
+        )
+    if method in DRAFT_MODEL_METHODS:
+        kwargs.update(draft_model=draft_model)
     warmup = generate(model, [prompt], **kwargs)
     return generate(model, [prompt], **kwargs), warmup.stats.compile_s
 
@@ -206,36 +238,69 @@ def _report(name: str, result: GenerationResult, compile_s: float) -> str:
 def speculation_cost(
     model: Transformer, result: GenerationResult, prompt_len: int, *, rounds: int = 5
 ) -> str:
-    """This machine's cost of a multi-token call, c(L+1) = time of one model call on L+1 new
+    """This machine's cost of the method's calls, c(n) = time of one model call on n new
     tokens / one call on 1 token (`ForwardTimer`, at the decode's mean context), and the
-    projected speedup tau / c(L+1)."""
+    projected speedup tau / c (c averaged over the calls of one iteration)."""
     s = result.stats
-    block = s.num_lookahead + 1
+    blocks = s.call_block_lens
     timer = ForwardTimer(
         model,
-        [1, block],
+        [1, *blocks],
         context=prompt_len + s.new_tokens // 2,
-        capacity=prompt_len + s.new_tokens + block + 16,
+        capacity=prompt_len + s.new_tokens + max(blocks) + 16,
     )
     timer.sample(rounds)
-    cost = timer.relative_cost()[block]
+    curve = timer.relative_cost()
+    cost = sum(curve[n] for n in blocks) / len(blocks)
+    costs = ", ".join(f"c({n}) = {curve[n]:.3f}" for n in sorted(set(blocks)))
     return (
-        f"{s.method}: a call on L+1={block} tokens costs c({block}) = {cost:.3f} calls on 1 "
-        f"token on this machine; projected speedup tau / c({block}) = {s.tau / cost:.3f}x"
+        f"{s.method}: calls on {'+'.join(map(str, blocks))} tokens per iteration; {costs} calls "
+        f"on 1 token on this machine; projected speedup tau / c = {s.tau / cost:.3f}x"
     )
+
+
+def draft_model_cost(
+    source: DecodeSource, result: GenerationResult, prompt_len: int, *, rounds: int = 5
+) -> str:
+    """This machine's time of a target call and of a draft-model call (`ForwardTimer`s at the
+    decode's mean context, sampled in turn); for pearl, the decode time projected for the draft
+    model on a device of its own (`pearl.projected_parallel_s`), labelled as a projection."""
+    s = result.stats
+    (block,) = s.call_block_lens
+    context, capacity = prompt_len + s.new_tokens // 2, prompt_len + s.new_tokens + block + 16
+    calls = ((source.model, block), (source.draft_model, 1))
+    timers = [ForwardTimer(model, [n], context=context, capacity=capacity) for model, n in calls]
+    for _ in range(rounds):
+        for timer in timers:
+            timer.sample()
+    target_s, draft_s = (timer.seconds()[n] for timer, (_, n) in zip(timers, calls, strict=True))
+    gamma = s.draft_forward_passes // max(s.forward_passes, 1)
+    line = (
+        f"{s.method}: a target call on {block} tokens takes {target_s * 1e3:.2f} ms, a draft-model "
+        f"call {draft_s * 1e3:.2f} ms on this machine, {gamma} of them per target call"
+    )
+    if s.method == "pearl":
+        projected = projected_parallel_s(s, draft_s, target_s)
+        line += (
+            f"; PROJECTED (not measured) with the draft model on a device of its own: "
+            f"{projected:.3f}s = {s.new_tokens / max(projected, 1e-9):.1f} tokens/s (measured, "
+            f"one after the other: {s.decode_s:.3f}s)"
+        )
+    return line
 
 
 def decode_report(source: DecodeSource, opts: DecodeOptions) -> str:
     """Decodes the prompt; returns the printed report (completion and statistics)."""
-    method = opts.method or ("pass" if source.trained_table else "ar")
-    if method == "pass" and not source.trained_table:
+    default = "sps" if source.draft_model else "pass" if source.trained_table else "ar"
+    method = opts.method or default
+    if method in TRAINED_TABLE_METHODS and not source.trained_table:
         raise ValueError(
-            "--method pass drafts with a trained table: give --head, or use --method pass_unk "
-            "(untrained table) or ar"
+            f"--method {method} drafts with a trained table: give --head, or use --method "
+            "pass_unk (untrained table) or ar"
         )
     prompt = encode_prompt(source.tokenizer, opts.prompt, add_bos=source.add_bos)
     eos = source.tokenizer.eos_id
-    result, compile_s = _timed(source.model, prompt, opts, method, eos)
+    result, compile_s = _timed(source.model, prompt, opts, method, eos, source.draft_model)
     lines = [
         source.description,
         f"--- completion ({method}) ---",
@@ -243,7 +308,9 @@ def decode_report(source: DecodeSource, opts: DecodeOptions) -> str:
         "---",
         _report(method, result, compile_s),
     ]
-    if result.stats.num_lookahead:
+    if method in DRAFT_MODEL_METHODS:
+        lines.append(draft_model_cost(source, result, len(prompt)))
+    elif result.stats.num_lookahead:
         lines.append(speculation_cost(source.model, result, len(prompt)))
     if opts.compare:
         baseline, ar_compile_s = _timed(source.model, prompt, opts, "ar", eos)

@@ -19,6 +19,7 @@ import jax.numpy as jnp
 from flax import struct
 
 from pass_jax import sampling
+from pass_jax.decode import adaptive
 from pass_jax.decode.tree import CallLayout, DraftTree
 from pass_jax.sampling import Sampler, SamplingParams
 
@@ -64,17 +65,22 @@ class Drafter(Protocol):
         self, layout: CallLayout, keys: jax.Array, sampler: Sampler, params: SamplingParams,
         state: DecodeState, result: CallResult,
     ) -> DecodeState:  # fmt: skip
-        """After the call verified and committed: drafts for the next call, if it can."""
+        """After the call verified and committed: drafts for the next call, if it can. It may
+        replace `state.pending` of rows that accepted every draft with a token distributed as
+        the bonus token (PEARL verifies a draft of its own there)."""
 
 
 @dataclasses.dataclass(frozen=True)
 class LookaheadDrafter:
     """Drafts from lookahead outputs: the output at slot `j` is the draft distribution `q_j` of
     depth `j`; candidates of depth `j` are taken from it by `rule` ("sampled": i.i.d. samples;
-    "distinct": samples without replacement; "argmax": the top-k of the logits)."""
+    "distinct": samples without replacement; "argmax": the top-k of the logits). With
+    `min_confidence > 0`, a window stops before the first depth whose draft is unsure
+    (`adaptive.confident_depths`)."""
 
     tree: DraftTree
     rule: str
+    min_confidence: float = 0.0
 
     def needs_probs(self, sampler: Sampler) -> bool:
         """Whether verification needs `q` (sampled drafts under sampling)."""
@@ -135,6 +141,11 @@ class LookaheadDrafter:
             "bj,ij->bi", (~node_ok).astype(jnp.int32), jnp.asarray(arrays.ancestors, jnp.int32)
         )
         valid = (broken == 0) & (has_drafts[:, None] | (jnp.arange(tokens.shape[1]) == 0))
+        if self.min_confidence:
+            confident = adaptive.confident_depths(logits, self.min_confidence)  # [B, D]
+            valid &= jnp.pad(confident, ((0, 0), (1, 0)), constant_values=True)[
+                :, jnp.asarray(arrays.depth)
+            ]
         return Drafts(tokens=tokens.astype(jnp.int32), valid=valid, probs=probs)
 
 

@@ -6,15 +6,21 @@ calls per iteration), `"pass_unk"` (the untrained-table baseline), `"pass_fused"
 window (default: the table size L_max; 0 decodes autoregressively), optionally several
 candidates per position (`candidates=k`, or an explicit `tree` of paths), and a `draft_rule`:
 `"sampled"` (the paper), `"distinct"` (candidates without replacement) or `"argmax"`
-(deterministic drafts verified as one-hot proposals). Every combination is lossless.
+(deterministic drafts verified as one-hot proposals). `"prompt_lookup"` verifies n-gram copies
+from each row's own context (any model); the lookahead methods can be backed by them
+(`backing="prompt_lookup"`) and cut their windows per row (`adaptive`). `"sps"` and `"pearl"`
+draft with a smaller model (`draft_model`, with its own cache; its weights are an argument of
+the program, so a draft model of the same shape reuses it). Every combination is lossless.
 
 Compilation: prompts are right-padded to a power-of-two bucket (at least 16) and the output
 buffer is sized to a power-of-two bucket of `max_new_tokens` (at least 16), the exact limit being
-a traced value. Calls with the same batch size, buckets, method, `num_lookahead` and sampling mode
-(greedy or not, top-k, top-p on or off) reuse one compiled program; temperature, top-p value,
-seed and EOS id never recompile.
+a traced value. Calls with the same batch size, buckets, method and method options (the tree,
+draft rule, n-gram sizes, backing, adaptive rule and threshold) and sampling mode (greedy or
+not, top-k, top-p on or off) reuse one compiled program; temperature, top-p value, seed and EOS
+id never recompile.
 
-`.stats` counts only the decode loop's model calls; the prefill call is reported apart.
+`.stats` counts only the decode loop's model calls (the draft model's apart); the prefill calls
+are reported apart.
 
 Sharding: a model whose state lives on a mesh (`sharding.shard_model`) decodes on that mesh:
 the prompts, the cache and the loop state are split over its batch axes (when the batch
@@ -39,11 +45,20 @@ from jax.experimental import multihost_utils
 
 from pass_jax import sharding
 from pass_jax.config import ModelConfig
-from pass_jax.decode import loop
-from pass_jax.decode.methods import METHODS, DecodeMethod
+from pass_jax.decode import loop, speed
+from pass_jax.decode.adaptive import ADAPTIVE_RULES
+from pass_jax.decode.draft_model import DEFAULT_GAMMA
+from pass_jax.decode.methods import (
+    BACKINGS,
+    DRAFT_MODEL_METHODS,
+    LOOKAHEAD_METHODS,
+    METHODS,
+    DecodeMethod,
+)
+from pass_jax.decode.prompt_lookup import DEFAULT_DRAFTS, DEFAULT_NGRAM
 from pass_jax.decode.tree import DraftTree
 from pass_jax.decode.verify import DRAFT_RULES
-from pass_jax.model import Transformer, unk_lookahead_table
+from pass_jax.model import AdapterParam, Transformer, unk_lookahead_table
 from pass_jax.sampling import Sampler, SamplingParams, check_integer
 
 TreeSpec = Sequence[Sequence[int]]  # draft-tree paths, e.g. ((0,), (1,), (0, 0))
@@ -71,6 +86,8 @@ class DecodeStats:
     new_tokens: int
     tau: float  # new tokens per model call made while a row was active
     num_lookahead: int
+    call_block_lens: list[int]  # tokens fed by each model call of one iteration
+    draft_forward_passes: int  # draft-model calls (sps, pearl: num_lookahead per iteration)
     per_row: RowStats
     reached_by_position: list[int]  # how often draft slot i was verified
     accepted_by_position: list[int]  # how often draft slot i was accepted
@@ -81,6 +98,7 @@ class DecodeStats:
     compile_s: float
     tokens_per_s: float
     method: str
+    tokens_in_flight: float = 0.0  # speed: tokens per call, mean (0 for the other methods)
 
     def as_dict(self) -> dict[str, Any]:
         """Plain nested dicts and lists, for JSON."""
@@ -146,6 +164,7 @@ class DecodePlan:
     prompt_block: int  # prompts are right-padded to this many tokens
     capacity: int  # cache positions per row: bucketed lengths plus the largest call's block
     buffer_len: int  # new tokens each row's output buffer holds
+    draft_capacity: int = 0  # the draft model's cache positions per row (0: no draft model)
 
     @classmethod
     def create(
@@ -159,15 +178,19 @@ class DecodePlan:
         sampler: Sampler,
         tree: DraftTree | None = None,
         draft_rule: str = "sampled",
+        **options: Any,
     ) -> DecodePlan:
         """Buckets the lengths (`bucket`); the cache holds both buckets and the largest call.
-        `tree` defaults to a chain of `num_lookahead` drafts."""
+        `tree` defaults to a chain of `num_lookahead` drafts; `options` are `DecodeMethod`'s
+        drafting options (`ngram`, `backing`, `adaptive`, `adaptive_threshold`, `draft_model`).
+        The draft model's cache has the same room, more if it writes further than the target."""
         tree = DraftTree.chain(num_lookahead) if tree is None or not num_lookahead else tree
-        decode_method = DecodeMethod(method, tree, draft_rule)
+        decode_method = DecodeMethod(method, tree, draft_rule, **options)
         capacity = min(
             config.max_seq_len,
             bucket(longest_prompt) + bucket(max_new_tokens) + decode_method.block_len - 1,
         )
+        room = decode_method.draft_block_len  # how far the draft model writes (0: none)
         return cls(
             method=decode_method,
             sampler=sampler,
@@ -175,6 +198,7 @@ class DecodePlan:
             prompt_block=min(bucket(longest_prompt), capacity),
             capacity=capacity,
             buffer_len=bucket(max_new_tokens),
+            draft_capacity=capacity + max(room - decode_method.block_len, 0) if room else 0,
         )
 
     @property
@@ -195,12 +219,18 @@ class DecodePlan:
         )
 
     def prefill(
-        self, graphdef: nnx.GraphDef, params: ArgTree, tokens: ArgTree, lengths: ArgTree
+        self,
+        graphdef: nnx.GraphDef,
+        params: ArgTree,
+        tokens: ArgTree,
+        lengths: ArgTree,
+        *,
+        draft: bool = False,
     ) -> Program:
-        """The prefill program: prompts [B, P] and their lengths [B] into a fresh cache."""
-        return Program(
-            loop.prefill, graphdef, (params, tokens, lengths), {"capacity": self.capacity}
-        )
+        """The prefill program: prompts [B, P] and their lengths [B] into a fresh cache (the
+        draft model's, of `draft_capacity`, with `draft`)."""
+        capacity = self.draft_capacity if draft else self.capacity
+        return Program(loop.prefill, graphdef, (params, tokens, lengths), {"capacity": capacity})
 
     def decode(
         self,
@@ -212,16 +242,26 @@ class DecodePlan:
         sampling_params: SamplingParams,
         max_new_tokens: int,
         eos_id: int | None,
+        tokens: ArgTree,
+        lengths: ArgTree,
+        draft_params: ArgTree = None,
+        draft_cache: ArgTree = None,
     ) -> Program:
-        """The decoding loop from the prefilled cache (donated); the token limit, EOS id and
-        sampling parameters are traced."""
+        """The decoding loop from the prefilled cache (donated), with the prompts [B, P] and
+        their lengths [B] (the rows' context), and the draft model's weights and prefilled cache
+        (donated) for the methods that have one; the token limit, EOS id and sampling parameters
+        are traced."""
         limits = (jnp.int32(max_new_tokens), jnp.int32(-1 if eos_id is None else eos_id))
+        args = (params, cache, pending, keys, sampling_params, *limits, tokens, lengths)
+        donate = (1,)
+        if draft_params is not None:
+            args, donate = (*args, draft_params, draft_cache), (1, len(args) + 1)
         return Program(
-            loop.decode,
+            speed.decode if self.method.name == "speed" else loop.decode,
             graphdef,
-            (params, cache, pending, keys, sampling_params, *limits),
+            args,
             {"method": self.method, "sampler": self.sampler, "buffer_len": self.buffer_len},
-            donate=(1,),
+            donate=donate,
         )
 
 
@@ -235,6 +275,13 @@ def generate(
     candidates: int = 1,
     tree: TreeSpec | None = None,
     draft_rule: str = "sampled",
+    ngram_size: int = DEFAULT_NGRAM[0],
+    ngram_min: int = DEFAULT_NGRAM[1],
+    backing: str | None = None,
+    adaptive: str | None = None,
+    adaptive_threshold: float = 0.5,
+    draft_model: Transformer | None = None,
+    pipeline_depth: int | None = None,
     temperature: float = 0.0,
     top_k: int = 0,
     top_p: float = 1.0,
@@ -245,20 +292,43 @@ def generate(
 
     Lookahead methods draft `num_lookahead` positions per window (default L_max), `candidates`
     per position (the top one continues the chain: `DraftTree.top_k`), or the draft tree
-    `tree` (paths of candidate ranks, Medusa's notation; its depth is the window). Rows are
-    independent: each has its own cache length, positions and random stream (from `seed` and
-    the row index), so a row's output does not depend on the rest of the batch.
+    `tree` (paths of candidate ranks, Medusa's notation; its depth is the window).
+    `method="prompt_lookup"` drafts a chain of `num_lookahead` (default 4) tokens copied after
+    the most recent earlier occurrence of the row's last n tokens, n from `ngram_size` down to
+    `ngram_min`; `backing="prompt_lookup"` fills a lookahead method's empty draft slots the same
+    way. `adaptive` cuts each row's window: `"confidence"` before the first draft whose largest
+    draft probability is below `adaptive_threshold`, `"acceptance"` past the drafts whose running
+    chance of acceptance is below it (`pass_jax.decode.adaptive`). `method="sps"` and
+    `method="pearl"` draft with `draft_model` (a smaller `Transformer` with the model's
+    vocabulary), `num_lookahead` (gamma, default 4) tokens per window; it is placed on the
+    model's mesh if it lives on none. `method="speed"` pipelines a parameter-shared model
+    (`n_repeats > 1`) with `pipeline_depth` tokens in flight (default `n_repeats`;
+    `pass_jax.decode.speed`). Rows are independent: each has its own cache length,
+    positions and random stream (from `seed` and the row index), so a row's output does not
+    depend on the rest of the batch.
     """
     sampler, sampling_params = Sampler.create(temperature, top_k, top_p)
     draft_tree = _check_inputs(
         model, prompts, max_new_tokens, method, num_lookahead, candidates, tree, draft_rule, seed,
         eos_id,
     )  # fmt: skip
+    options = _drafting_options(
+        method, ngram_size, ngram_min, backing, adaptive, adaptive_threshold
+    )
     max_new_tokens, seed = int(max_new_tokens), int(seed)  # NumPy ints too
     lengths = np.array([len(p) for p in prompts], np.int32)
+    depth = speed.check_pipeline(
+        model.config, method, pipeline_depth, int(lengths.max()), max_new_tokens
+    )
+    if depth is not None:
+        options["pipeline_depth"] = depth
+    _check_draft_model(model, draft_model, method, draft_tree, int(lengths.max()), max_new_tokens)
+    if draft_model is not None:
+        draft_graphdef, draft_params = nnx.split(draft_model)
+        options["draft_model"] = draft_graphdef
     plan = DecodePlan.create(
         model.config, len(prompts), int(lengths.max()), max_new_tokens, method,
-        draft_tree.depth, sampler, draft_tree, draft_rule,
+        draft_tree.depth, sampler, draft_tree, draft_rule, **options,
     )  # fmt: skip
     tokens = np.zeros((plan.batch_size, plan.prompt_block), np.int32)
     for row, prompt in enumerate(prompts):
@@ -281,10 +351,23 @@ def generate(
     start = time.perf_counter()
     cache = jax.block_until_ready(prefill(*program.args))
     prefill_s = time.perf_counter() - start
+    draft = ()
+    if draft_model is not None:
+        if mesh is not None and sharding.mesh_of(draft_params) is None:
+            draft_params = jax.device_put(
+                draft_params, sharding.param_shardings(draft_params, mesh)
+            )
+        program = plan.prefill(draft_graphdef, draft_params, tokens, lengths, draft=True)
+        draft_prefill, compile_s = program.compiled()
+        prefill_compile_s += compile_s
+        start = time.perf_counter()
+        draft = (draft_params, jax.block_until_ready(draft_prefill(*program.args)))
+        prefill_s += time.perf_counter() - start
 
     program = plan.decode(
-        graphdef, params, cache, pending, row_keys, sampling_params, max_new_tokens, eos_id
-    )
+        graphdef, params, cache, pending, row_keys, sampling_params, max_new_tokens, eos_id,
+        tokens, lengths, *draft,
+    )  # fmt: skip
     decode, decode_compile_s = program.compiled()
     start = time.perf_counter()
     state = jax.block_until_ready(decode(*program.args))
@@ -387,6 +470,32 @@ def _draft_tree(
             raise ValueError("method='ar' drafts nothing: num_lookahead, tree and candidates "
                              "are options of the lookahead methods")  # fmt: skip
         return DraftTree()
+    if method == "prompt_lookup":
+        if tree is not None or candidates != 1:
+            raise ValueError("method='prompt_lookup' drafts a chain: tree and candidates are "
+                             "options of the lookahead methods")  # fmt: skip
+        return DraftTree.chain(DEFAULT_DRAFTS if num_lookahead is None else num_lookahead)
+    if method == "speed":
+        if (num_lookahead, tree, candidates, draft_rule) != (None, None, 1, "sampled"):
+            raise ValueError(
+                "method='speed' verifies one early prediction at a time: num_lookahead, tree, "
+                "candidates and draft_rule are options of the drafting methods (its own option "
+                "is pipeline_depth)"
+            )
+        return DraftTree.chain(1)
+    if method in DRAFT_MODEL_METHODS:
+        if tree is not None or candidates != 1 or draft_rule != "sampled":
+            raise ValueError(
+                f"method={method!r} drafts a chain with the draft model: tree, candidates and "
+                "draft_rule are options of the lookahead methods"
+            )
+        gamma = DEFAULT_GAMMA if num_lookahead is None else num_lookahead
+        if gamma < 1:
+            raise ValueError(
+                f"method={method!r} drafts num_lookahead = gamma >= 1 tokens per window, got "
+                f"{gamma}"
+            )
+        return DraftTree.chain(gamma)
     if not model.has_lookahead:
         raise ValueError(
             f"method {method!r} needs a lookahead table, but this model has none "
@@ -420,6 +529,98 @@ def _draft_tree(
     return draft_tree
 
 
+def _drafting_options(
+    method: str,
+    ngram_size: int,
+    ngram_min: int,
+    backing: str | None,
+    adaptive: str | None,
+    adaptive_threshold: float,
+) -> dict[str, Any]:
+    """`DecodeMethod`'s prompt-lookup and adaptive-window options, checked."""
+    if check_integer("ngram_size", ngram_size) < 1:
+        raise ValueError(f"ngram_size must be >= 1, got {ngram_size}")
+    if not 1 <= check_integer("ngram_min", ngram_min) <= ngram_size:
+        raise ValueError(f"ngram_min must be in [1, ngram_size={ngram_size}], got {ngram_min}")
+    if backing is not None:
+        if backing not in BACKINGS:
+            raise ValueError(f"unknown backing {backing!r}; choose one of {BACKINGS}")
+        if method not in LOOKAHEAD_METHODS:
+            raise ValueError(
+                f"backing is an option of the lookahead methods {LOOKAHEAD_METHODS}, "
+                f"not of {method!r}"
+            )
+    if adaptive is not None:
+        if adaptive not in ADAPTIVE_RULES:
+            raise ValueError(f"unknown adaptive rule {adaptive!r}; choose one of {ADAPTIVE_RULES}")
+        if method == "ar":
+            raise ValueError("method='ar' drafts nothing: adaptive windows need drafts")
+        if method == "speed":
+            raise ValueError("method='speed' has no draft windows: adaptive cuts windows")
+        if method == "pearl":
+            raise ValueError(
+                "method='pearl' adapts its draft length itself (windows chain while drafts are "
+                "accepted): adaptive is an option of the other drafting methods"
+            )
+        if adaptive == "confidence" and method not in LOOKAHEAD_METHODS:
+            raise ValueError(
+                f"adaptive='confidence' cuts the lookahead methods' windows {LOOKAHEAD_METHODS}; "
+                f"with {method!r} use adaptive='acceptance'"
+            )
+    if not 0.0 < adaptive_threshold < 1.0:
+        raise ValueError(f"adaptive_threshold must be in (0, 1), got {adaptive_threshold}")
+    return dict(
+        ngram=(int(ngram_size), int(ngram_min)),
+        backing=backing,
+        adaptive=adaptive,
+        adaptive_threshold=float(adaptive_threshold),
+    )
+
+
+def _check_draft_model(
+    model: Transformer,
+    draft_model: Transformer | None,
+    method: str,
+    draft_tree: DraftTree,
+    longest: int,
+    max_new_tokens: int,
+) -> None:
+    """A draft model is given exactly to the methods that draft with one, and fits them: the
+    model's vocabulary, room in its `max_seq_len`, and the model's mesh (or none)."""
+    if method not in DRAFT_MODEL_METHODS:
+        if draft_model is not None:
+            raise ValueError(
+                f"method={method!r} drafts with no draft model: draft_model is for "
+                f"{DRAFT_MODEL_METHODS}"
+            )
+        return
+    if not isinstance(draft_model, Transformer):
+        raise ValueError(
+            f"method={method!r} drafts with a draft model: give draft_model=<a Transformer with "
+            f"the model's vocabulary>, got {draft_model!r}"
+        )
+    config, vocab = draft_model.config, model.config.vocab_size
+    if config.vocab_size != vocab:
+        raise ValueError(
+            f"the draft model's vocabulary has {config.vocab_size} tokens, the model's {vocab}: "
+            "a draft model must share the model's tokenizer"
+        )
+    room = DecodeMethod(method, draft_tree).draft_block_len
+    if longest + max_new_tokens + room - 1 > config.max_seq_len:
+        raise ValueError(
+            f"the draft model cannot hold the longest prompt ({longest} tokens) + "
+            f"max_new_tokens ({max_new_tokens}) + its drafts past them ({room - 1}) = "
+            f"{longest + max_new_tokens + room - 1} positions: its max_seq_len is "
+            f"{config.max_seq_len}"
+        )
+    draft_mesh = sharding.mesh_of(nnx.state(draft_model))
+    if draft_mesh is not None and draft_mesh != sharding.mesh_of(nnx.state(model)):
+        raise ValueError(
+            "the draft model lives on another mesh than the model: shard it onto the model's "
+            "mesh (sharding.shard_model), or leave it unsharded to have it placed there"
+        )
+
+
 _RESULT_FIELDS = ("tokens", "num_new", "row_calls", "calls", "reached", "accepted")
 
 
@@ -436,8 +637,13 @@ def _on_host(state: loop.DecodeState, fields: Sequence[str]) -> dict[str, np.nda
 
 
 def _with_unk_lookahead(params: nnx.State, unk_id: int) -> nnx.State:
-    """The "[UNK] lookahead" baseline: a copy of `params` with the untrained table."""
-    params = jax.tree.map(lambda x: x, params)  # a shallow copy; leaves are immutable
+    """The "[UNK] lookahead" baseline: a copy of `params` with an untrained head (the UNK table,
+    any lookahead adapters zeroed)."""
+    params = jax.tree.map(
+        lambda v: v.replace(jnp.zeros_like(v[...])) if isinstance(v, AdapterParam) else v,
+        params,
+        is_leaf=lambda x: isinstance(x, nnx.Variable),
+    )  # a shallow copy; leaves are immutable
     rows = params["lookahead"][...].shape[0]
     params["lookahead"][...] = unk_lookahead_table(params["embed"][...], unk_id, rows)
     return params
@@ -462,6 +668,8 @@ def _statistics(
         new_tokens=total_new,
         tau=total_new / max(int(row_calls.sum()), 1),
         num_lookahead=num_lookahead,
+        call_block_lens=[layout.block_len for layout in plan.method.layouts],
+        draft_forward_passes=int(state.calls) * plan.method.draft_calls,
         per_row=RowStats(
             forward_passes=row_calls.tolist(),
             new_tokens=num_new.tolist(),
@@ -478,4 +686,5 @@ def _statistics(
         compile_s=compile_s,
         tokens_per_s=total_new / decode_s if decode_s > 0 else 0.0,
         method=plan.method.name,
+        tokens_in_flight=speed.tokens_in_flight(state) if plan.method.name == "speed" else 0.0,
     )

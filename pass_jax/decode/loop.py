@@ -43,7 +43,11 @@ class DecodeState:
     accepted: jax.Array  # [B, D] int32: how often a draft at depth i was accepted
     max_new: jax.Array  # [] int32: the call's token limit per row (traced: free to change)
     eos_id: jax.Array  # [] int32: the call's EOS token, -1 for none (traced)
+    prompt: jax.Array  # [B, P] int32, right-padded: a row's context is its prompt, then `tokens`
+    prompt_lengths: jax.Array  # [B] int32
     drafter_state: Any  # whatever the method's drafter carries (None for lookahead drafting)
+    draft_params: Any  # the draft model's weights (methods with one; None otherwise)
+    draft_cache: KVCache | None  # the draft model's cache, under the same convention
 
 
 @struct.dataclass
@@ -121,7 +125,8 @@ def model_call(
         last, next_token = verify.verify_tree_greedy(node_logits, node_tokens, valid, arrays)
     else:
         p = sampler.probabilities(node_logits, params)  # [B, N+1, V]
-        q = state.drafts.probs if tree.num_nodes else None
+        probs = state.drafts.probs if tree.num_nodes else None
+        q = None if probs is None else probs[:, : tree.depth]
         if tree.is_chain:
             drafts = node_tokens[:, 1:]
             last, next_token = verify.verify_sampled(verify_keys, p, q, drafts, valid[:, 1:])
@@ -139,7 +144,7 @@ def model_call(
 
     # The new tokens: the accepted drafts, then the next token.
     window = jnp.take_along_axis(node_tokens, path, axis=1)[:, 1:]  # [B, D]
-    window = jnp.pad(window, ((0, 0), (0, 1))).at[jnp.arange(batch), accepted].set(next_token)
+    window = jnp.pad(window, ((0, 0), (0, 1)))  # [B, D+1]: the next token goes after them
     state = state.replace(
         cache=cache,
         keys=keys,
@@ -154,11 +159,13 @@ def model_call(
         walked = jnp.take_along_axis(has_children, path[:, :-1], axis=1)  # [B, D]
         reached = active[:, None] & walked & (depth <= accepted[:, None])
         state = state.replace(
-            reached=state.reached + reached,
-            accepted=state.accepted + (reached & (depth < accepted[:, None])),
+            reached=state.reached.at[:, : tree.depth].add(reached),
+            accepted=state.accepted.at[:, : tree.depth].add(reached & (depth < accepted[:, None])),
         )
     result = CallResult(logits=logits, valid=valid, last=last, accepted=accepted, active=active)
     state = drafter.after_call(layout, draft_keys, sampler, params, state, result)
+    # The drafter may have replaced the next token (PEARL verifies a draft of its own there).
+    window = window.at[jnp.arange(batch), accepted].set(state.pending)
     return _emit(state, window, accepted + 1, active)
 
 
@@ -176,26 +183,26 @@ def prefill(
     return cache.commit(prompt_lengths - 1)
 
 
-def decode(
-    graphdef: nnx.GraphDef,
-    params: nnx.State,
-    cache: KVCache,
-    pending: jax.Array,  # [B] int32: each prompt's last token
-    keys: jax.Array,  # [B] PRNG keys
-    sampling: SamplingParams,
-    max_new: jax.Array,  # [] int32
-    eos_id: jax.Array,  # [] int32, -1 for none
-    *,
+def initial_state(
+    model: Transformer,
     method: DecodeMethod,
     sampler: Sampler,
     buffer_len: int,
+    cache: KVCache,
+    pending: jax.Array,
+    keys: jax.Array,
+    max_new: jax.Array,
+    eos_id: jax.Array,
+    prompt: jax.Array,
+    prompt_lengths: jax.Array,
+    draft_params: nnx.State | None = None,
+    draft_cache: KVCache | None = None,
 ) -> DecodeState:
-    """Decodes in one `lax.while_loop` until every row is done, one iteration being the calls
-    of `method.layouts`."""
-    model = nnx.merge(graphdef, params)
+    """The state a decoding loop starts from (the arguments as `decode`'s): nothing drafted,
+    nothing emitted."""
     batch, depth = pending.shape[0], method.tree.depth
     with_probs = method.drafter.needs_probs(sampler) and depth > 0
-    state = DecodeState(
+    return DecodeState(
         cache=cache,
         pending=pending,
         drafts=Drafts.none(method.tree, batch, model.config.vocab_size, with_probs),
@@ -209,8 +216,39 @@ def decode(
         accepted=jnp.zeros((batch, depth), jnp.int32),
         max_new=max_new,
         eos_id=eos_id,
+        prompt=prompt,
+        prompt_lengths=prompt_lengths,
         drafter_state=method.drafter.init_state(batch),
+        draft_params=draft_params,
+        draft_cache=draft_cache,
     )
+
+
+def decode(
+    graphdef: nnx.GraphDef,
+    params: nnx.State,
+    cache: KVCache,
+    pending: jax.Array,  # [B] int32: each prompt's last token
+    keys: jax.Array,  # [B] PRNG keys
+    sampling: SamplingParams,
+    max_new: jax.Array,  # [] int32
+    eos_id: jax.Array,  # [] int32, -1 for none
+    prompt: jax.Array,  # [B, P] int32, right-padded prompts
+    prompt_lengths: jax.Array,  # [B] int32
+    draft_params: nnx.State | None = None,  # the draft model's weights (DRAFT_MODEL_METHODS)
+    draft_cache: KVCache | None = None,  # its prefilled cache
+    *,
+    method: DecodeMethod,
+    sampler: Sampler,
+    buffer_len: int,
+) -> DecodeState:
+    """Decodes in one `lax.while_loop` until every row is done, one iteration being the calls
+    of `method.layouts`."""
+    model = nnx.merge(graphdef, params)
+    state = initial_state(
+        model, method, sampler, buffer_len, cache, pending, keys, max_new, eos_id, prompt,
+        prompt_lengths, draft_params, draft_cache,
+    )  # fmt: skip
     layouts = method.layouts
     max_calls = len(layouts) * (buffer_len + 1)  # every iteration makes progress; a guard
 

@@ -50,7 +50,7 @@ from flax import nnx
 from tqdm import tqdm
 
 from pass_jax import distributed, sharding
-from pass_jax.config import ADAPTER_FIELDS, ModelConfig
+from pass_jax.config import ADAPTER_FIELDS, SHARING_FIELDS, ModelConfig
 from pass_jax.data.batches import (
     BatchIterator,
     concat_rows,
@@ -117,15 +117,17 @@ def stage_inputs(
     """What stage `index` is trained from, as its checkpoints record it (JSON values): `from`,
     the previous stage's name, step and `stage_identity` (None for the first stage), and the
     config values that shape it, by name (not its step count: a finished stage given more
-    steps resumes). `model` is the stage's model; without adapters their fields shape
-    nothing and are left out (runs from before adapters existed record none)."""
+    steps resumes). `model` is the stage's model; without adapters, or without parameter
+    sharing, their fields shape nothing and are left out, as an `early_weight` of 0 (runs from
+    before they existed record none)."""
     stage = exp.stages[index]
     values = {
         f"config.{stage.name}.{k}": v
         for k, v in dataclasses.asdict(stage).items()
-        if k not in ("name", "steps")
+        if k not in ("name", "steps") and not (k == "early_weight" and v == 0)
     }
-    unused = () if model.adapter_rank else ADAPTER_FIELDS
+    unused = (*(() if model.adapter_rank else ADAPTER_FIELDS),
+              *(() if model.n_repeats > 1 else SHARING_FIELDS))  # fmt: skip
     values.update({f"config.model.{k}": v for k, v in model.to_dict().items() if k not in unused})
     data = dataclasses.asdict(exp.data).items()
     values.update({f"config.data.{k}": v for k, v in data if k not in _DATA_PLACE_FIELDS})
@@ -287,7 +289,8 @@ def reset_lookahead_to_unk(model: Transformer) -> None:
 
 
 def evaluate(model: Transformer, trainer: Trainer, exp: ExperimentConfig, held_out: HeldOut):
-    """Held-out losses, and greedy PaSS acceptance for the trained and the UNK table."""
+    """Held-out losses, greedy PaSS acceptance for the trained and the UNK table, and greedy
+    SPEED's for a parameter-shared model."""
     results: dict[str, Any] = {}
     if held_out.batches:
         k = exp.eval.num_insertions
@@ -295,8 +298,10 @@ def evaluate(model: Transformer, trainer: Trainer, exp: ExperimentConfig, held_o
         # Per byte: comparable across tokenizers.
         results["lm_loss_per_byte"] = results["lm_loss"] / held_out.bytes_per_token
         results["bytes_per_token"] = held_out.bytes_per_token
-    if model.has_lookahead and held_out.prompts:
-        for method in ("pass", "pass_unk"):
+    methods = ("pass", "pass_unk") if model.has_lookahead else ()
+    methods += ("speed",) if model.config.n_repeats > 1 else ()
+    if held_out.prompts:
+        for method in methods:
             measured = measure_acceptance(
                 model, held_out.prompts, max_new_tokens=exp.eval.max_new_tokens, method=method
             )
@@ -315,7 +320,12 @@ def _format_eval(stage: str, results: dict[str, Any]) -> str:
         lines[0] += f"  la_ce {results['la_ce']:.4f}  la_kl {results['la_kl']:.4f}"
         match = " ".join(f"{x:.3f}" for x in results["la_match"])
         lines.append(f"[{stage}] teacher-forced draft agreement by position: {match}")
-    for method in ("pass", "pass_unk"):
+    if "early_loss" in results:
+        lines.append(
+            f"[{stage}] early prediction: held-out loss {results['early_loss']:.4f}, "
+            f"teacher-forced agreement with the model's argmax {results['early_match']:.3f}"
+        )
+    for method in ("pass", "pass_unk", "speed"):
         if f"{method}/tau" in results:
             accept = " ".join(f"{x:.3f}" for x in results[f"{method}/acceptance_by_position"])
             per_window = results[f"{method}/accepted_per_window"]

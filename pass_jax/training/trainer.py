@@ -56,10 +56,14 @@ def _train_step(
     lm_rows = batch.shape[0] - stage.generated_rows(batch.shape[0]) or None
 
     def loss_fn(model: Transformer) -> tuple[jax.Array, dict[str, jax.Array]]:
-        metrics = compute_losses(model, inputs, stage.lookahead_loss, lm_rows, row_groups)
+        metrics = compute_losses(
+            model, inputs, stage.lookahead_loss, lm_rows, row_groups, early=stage.early_weight > 0
+        )
         loss = stage.lm_weight * metrics["lm_loss"]
         if stage.trains_table:
             loss = loss + stage.lookahead_weight * metrics["la_loss"]
+        if stage.early_weight:
+            loss = loss + stage.early_weight * metrics["early_loss"]
         return loss, metrics
 
     diff = nnx.DiffState(0, trainable(stage))
@@ -79,7 +83,8 @@ def _eval_step(
     num_lookahead: int,
 ) -> dict[str, jax.Array]:
     model = nnx.merge(graphdef, state)
-    return compute_losses(model, _layout(batch, key, num_insertions, num_lookahead))
+    inputs = _layout(batch, key, num_insertions, num_lookahead)
+    return compute_losses(model, inputs, early=model.config.n_repeats > 1)
 
 
 def train_step_program(
