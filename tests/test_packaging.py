@@ -104,7 +104,7 @@ def _console(venv: Path, script: str, *args: str, cwd: Path) -> subprocess.Compl
     return subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=600)
 
 
-def test_installed_quickstart_trains_decodes_and_reevaluates(fresh_venv: Path, tmp_path: Path):
+def test_installed_quickstart_trains_and_decodes(fresh_venv: Path, tmp_path: Path):
     """`pass-jax-train --config quickstart` then `pass-jax-decode --compare`, from the installed
     wheel in the fresh environment, outside the repository (shrunk to seconds by overrides)."""
     where = subprocess.run(
@@ -147,14 +147,3 @@ def test_installed_quickstart_trains_decodes_and_reevaluates(fresh_venv: Path, t
     assert "wall-clock ratio (ar / pass, per token)" in decoded.stdout
     assert "same tokens: True" in decoded.stdout  # greedy PaSS is lossless
     assert "calls on 5+5 tokens per iteration; c(5) = " in decoded.stdout  # L_max = 4
-
-    again = _console(fresh_venv, *train, "--reevaluate", cwd=tmp_path)
-    assert again.returncode == 0, again.stderr[-3000:]
-    assert "[joint] already finished (2 steps): evaluating again" in again.stdout
-    lines = (workdir / "metrics.jsonl").read_text().splitlines()
-    new_records = [json.loads(line) for line in lines[len(records) :]]
-    assert [r["event"] for r in new_records] == ["eval"] * 3  # nothing trained
-    evals = [r for r in records if r["event"] == "eval"]
-    for first, second in zip(evals, new_records, strict=True):
-        assert second["stage"] == first["stage"]  # each stage on its own checkpoint
-        assert second["lm_loss"] == pytest.approx(first["lm_loss"], rel=1e-6)
