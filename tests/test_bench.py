@@ -16,7 +16,7 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
         max_new_tokens=12,
         temperatures=(0.0, 0.8),
         num_lookahead=2,
-        methods=("pass_unk", "pass", "pass_tree"),
+        methods=("pass", "pass_tree"),
         sweep_lookaheads=(1, 2),
         repeats=1,
         cost_block_lens=(1, 2),
@@ -39,7 +39,7 @@ def test_quick_benchmark_writes_results_table_and_plots(tmp_path):
     assert set(saved["models"]) == set(models)
     for model in saved["models"].values():
         labels = {(r["label"], r["temperature"]) for r in model["records"]}
-        assert ("autoregressive", 0.0) in labels and ("[UNK] lookahead, L=2", 0.8) in labels
+        assert ("autoregressive", 0.0) in labels and ("pass_tree, L=2", 0.8) in labels
         assert ("PaSS, L=1", 0.8) in labels and ("PaSS, L=1", 0.0) not in labels  # sweep at 0.8
         # pass: 3-token calls (2 at L=1), pass_tree 9
         assert set(model["forward_cost_relative"]) == {"1", "2", "3", "9"}

@@ -54,6 +54,7 @@ def test_bench_trains_then_measures_in_one_command(tmp_path):
         f"--workdir={tmp_path}",
         "--train",
         "--quick",
+        "--temperatures=0",
         "--stages=lookahead",
         "--config.stages=base,lookahead",
         *_overrides(),

@@ -125,7 +125,6 @@ def test_perfect_drafts_reach_l_plus_1_tokens_per_call(method, temperature):
 # Each case: the first 3 tokens of 6000 rows against the exact distribution (test_invariants).
 DISTRIBUTION_CASES = {
     "fused chain, sampled drafts": dict(method="pass_fused", num_lookahead=2),
-    "tree lookahead, sampled drafts": dict(method="pass_tree", num_lookahead=2),
     "3 candidates with replacement": dict(method="pass", num_lookahead=2, candidates=3),
     "3 candidates without replacement": dict(
         method="pass", num_lookahead=2, candidates=3, draft_rule="distinct"
@@ -179,7 +178,6 @@ def _mutated_verifier(monkeypatch, mutation: str) -> None:
     [
         ("fused chain, sampled drafts", "residual is p"),
         ("3 candidates with replacement", "residual is p"),
-        ("top-3 candidates, one-hot", "residual is p"),
         ("3 candidates without replacement", "rejected candidates stay in q"),
     ],
 )

@@ -5,7 +5,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import pytest
-from conftest import chain_model, sharp_model, tiny_model
+from conftest import chain_model, tiny_model
 from flax import nnx
 from jax.sharding import AbstractMesh, AxisType
 from jax.sharding import PartitionSpec as P
@@ -162,6 +162,3 @@ def check_sharded_generate() -> None:
     # 3 rows do not divide over data=2: replicated. Rows are independent of the batch.
     odd_batch = run(chain, "ar", (2, 1, 4), rows=chain_prompts[:3])
     assert odd_batch.tokens == references["ar"].tokens[:3]
-
-    scanned = lambda: sharp_model(0, n_kv_heads=4, scan_layers=True)
-    assert run(scanned, "pass", (2, 1, 4)).tokens == run(scanned, "pass").tokens

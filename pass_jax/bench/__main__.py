@@ -35,7 +35,9 @@ _WORKDIR = flags.DEFINE_string("workdir", None, "Training workdir (tokenizer, ch
 _OUT = flags.DEFINE_string("out", None, "Output directory (default: WORKDIR/bench).")
 _STAGES = flags.DEFINE_list("stages", ["lookahead", "joint"], "Stages whose checkpoints to run.")
 _TRAIN = flags.DEFINE_bool("train", False, "Train the config's stages first (as train.py).")
-_QUICK = flags.DEFINE_bool("quick", False, "About a minute: 2 prompts, 32 tokens, 1 repeat.")
+_QUICK = flags.DEFINE_bool(
+    "quick", False, "About a minute: 2 prompts, 32 tokens, 1 repeat (T = 0 and 0.8 by default)."
+)
 _NUM_PROMPTS = flags.DEFINE_integer("num_prompts", 8, "Held-out prompts (the paper: 200).")
 _PROMPT_LEN = flags.DEFINE_integer("prompt_len", 32, "Tokens per prompt.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 512, "New tokens per sequence.")
@@ -95,7 +97,7 @@ def main(argv: list[str]) -> None:
         settings = dataclasses.replace(
             settings,
             max_new_tokens=32,
-            temperatures=(0.0, 0.8),
+            temperatures=settings.temperatures if _TEMPERATURES.present else (0.0, 0.8),
             sweep_lookaheads=(1, 2),
             num_lookahead=2,
             methods=("pass_unk", "pass"),
